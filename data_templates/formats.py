@@ -1,0 +1,135 @@
+"""Dataset formats, each declared once and converted to one canonical example form.
+
+A format names the fields it reads (users map their own column names onto them with
+`columns:`) and converts one row into the canonical form an objective consumes:
+
+- sft:                 {"messages": [...]}  or  {"prompt": str, "completion": str}
+- text:                {"text": str}
+- preference:          {"prompt": ..., "chosen": ..., "rejected": ...}
+- unpaired_preference: {"prompt": ..., "completion": ..., "label": bool}
+- prompt_only:         {"prompt": ..., plus any extra columns, e.g. a reference answer}
+
+A row that does not fit raises `RowError`; the caller adds file and row number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class RowError(ValueError):
+    """A row does not fit its format; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    form: str  # the canonical form it produces (see module docstring)
+    fields: tuple[str, ...]  # required fields
+    optional: tuple[str, ...]
+    convert: Callable[[dict[str, Any]], dict[str, Any]]
+    description: str
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register_format(name: str, *, form: str, fields: tuple[str, ...], optional: tuple[str, ...] = (),
+                    description: str) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Any]:
+    def register(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        FORMATS[name] = Format(name, form, fields, optional, fn, description)
+        return fn
+
+    return register
+
+
+# Which canonical forms each objective data form accepts. SFT also trains on raw text.
+_ACCEPTS: dict[str, tuple[str, ...]] = {
+    "sft": ("sft", "text"),
+    "text": ("text",),
+    "preference": ("preference",),
+    "unpaired_preference": ("unpaired_preference",),
+    "prompt_only": ("prompt_only",),
+}
+
+
+def formats_for(data_form: str) -> list[str]:
+    """Names of the formats an objective with `data_form` can train on."""
+    forms = _ACCEPTS.get(data_form, (data_form,))
+    return [name for name, fmt in FORMATS.items() if fmt.form in forms]
+
+
+def require_str(row: dict[str, Any], field: str, *, allow_empty: bool = False) -> str:
+    value = row.get(field)
+    if value is None:
+        raise RowError(f"missing field {field!r}")
+    if not isinstance(value, str):
+        raise RowError(f"field {field!r} must be text, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise RowError(f"field {field!r} is empty")
+    return value
+
+
+def check_messages(value: Any, field: str, *, need_assistant: bool = True) -> list[dict[str, str]]:
+    """A list of {role, content} messages with known roles, normalised to plain dicts."""
+    if not isinstance(value, list):
+        raise RowError(f"field {field!r} must be a list of messages, got {type(value).__name__}")
+    if not value:
+        raise RowError(f"field {field!r} is an empty conversation")
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise RowError(f"{field}[{i}] must have 'role' and 'content'")
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            raise RowError(f"{field}[{i}] has unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        if not isinstance(content, str):
+            raise RowError(f"{field}[{i}].content must be text, got {type(content).__name__}")
+        messages.append({"role": role, "content": content})
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise RowError(f"field {field!r} has no assistant turn")
+    return messages
+
+
+@register_format("text", form="text", fields=("text",), description="Raw text, for continued pretraining.")
+def _text(row: dict[str, Any]) -> dict[str, Any]:
+    return {"text": require_str(row, "text")}
+
+
+@register_format("messages", form="sft", fields=("messages",),
+                 description="OpenAI-style role/content messages, with system and multi-turn.")
+def _messages(row: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": check_messages(row.get("messages"), "messages")}
+
+
+@register_format("prompt_completion", form="sft", fields=("prompt", "completion"),
+                 description="A prompt and its completion, as text or as message lists.")
+def _prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if isinstance(prompt, list) or isinstance(completion, list):
+        return {"messages": check_messages(prompt, "prompt", need_assistant=False)
+                + check_messages(completion, "completion")}
+    return {"prompt": require_str(row, "prompt", allow_empty=True), "completion": require_str(row, "completion")}
+
+
+@register_format("alpaca", form="sft", fields=("instruction", "output"), optional=("input", "system", "history"),
+                 description="instruction / input / output, with optional system and history.")
+def _alpaca(row: dict[str, Any]) -> dict[str, Any]:
+    instruction = require_str(row, "instruction")
+    output = require_str(row, "output")
+    extra = row.get("input") or ""
+    if not isinstance(extra, str):
+        raise RowError(f"field 'input' must be text, got {type(extra).__name__}")
+    messages: list[dict[str, str]] = []
+    if row.get("system"):
+        messages.append({"role": "system", "content": require_str(row, "system")})
+    for i, turn in enumerate(row.get("history") or []):
+        if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
+            raise RowError(f"history[{i}] must be a [user, assistant] pair of texts")
+        messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return {"messages": messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]}

@@ -1,0 +1,100 @@
+"""Adapters: full (optionally partial) fine-tuning, LoRA, DoRA/rsLoRA, and QLoRA on a 4-bit base."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from finetune.recipe.schema import FullAdapter, LoraAdapter, QLoraAdapter
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+# Decoder blocks are named `...layers.<i>.` (Llama, Qwen, Mistral, Gemma, Phi-3) or `...h.<i>.`
+# (GPT-2 style); the index is what `trainable_layers` refers to.
+_LAYER = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count as their unpacked size."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values are packed per stored byte
+        total += n
+        trainable += n if param.requires_grad else 0
+    return trainable, total
+
+
+def _num_layers(model: Any) -> int:
+    indices = {int(m.group(1)) for name, _ in model.named_parameters() if (m := _LAYER.search("." + name))}
+    return max(indices) + 1 if indices else 0
+
+
+def _apply_full(model: PreTrainedModel, adapter: FullAdapter, *, new_token_ids: list[int],
+                **_: Any) -> PreTrainedModel:
+    if adapter.trainable_layers is None:
+        model.requires_grad_(True)
+        return model
+    n = _num_layers(model)
+    bad = [i for i in adapter.trainable_layers if not -n <= i < n]
+    if bad:
+        raise ValueError(f"adapter.trainable_layers: {bad} out of range for a model with {n} layers")
+    if new_token_ids:
+        raise ValueError("adapter.trainable_layers with a chat template that adds tokens would leave the new "
+                         "embeddings untrained; add embed_tokens and lm_head to adapter.trainable_modules")
+    wanted = {i % n for i in adapter.trainable_layers}
+    for name, param in model.named_parameters():
+        match = _LAYER.search("." + name)
+        in_layer = match is not None and int(match.group(1)) in wanted
+        extra = any(part in name for part in adapter.trainable_modules)
+        param.requires_grad_(in_layer or extra)
+    return model
+
+
+def _lora_config(adapter: LoraAdapter, task_type: str, new_token_ids: list[int]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=adapter.target_modules,
+        use_dora=adapter.dora,
+        use_rslora=adapter.rslora,
+        layers_to_transform=adapter.layers,
+        modules_to_save=adapter.modules_to_save or None,
+        task_type=task_type,
+        bias="none",
+        # Tokens the chat template added have random embeddings: train just those rows.
+        trainable_token_indices=new_token_ids or None,
+    )
+
+
+def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, task_type: str,
+                gradient_checkpointing: bool = False, new_token_ids: list[int]) -> PreTrainedModel:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if isinstance(adapter, QLoraAdapter):
+        # Casts norms to fp32 and enables input grads so checkpointed 4-bit layers get gradients.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.enable_input_require_grads()
+    return get_peft_model(model, _lora_config(adapter, task_type, new_token_ids))
+
+
+_APPLY: dict[type, Callable[..., Any]] = {
+    FullAdapter: _apply_full,
+    LoraAdapter: _apply_lora,
+    QLoraAdapter: _apply_lora,
+}
+
+
+def apply_adapter(model: PreTrainedModel, adapter: Any, *, head: str = "causal_lm",
+                  gradient_checkpointing: bool = False, new_token_ids: list[int] = ()) -> PreTrainedModel:
+    """Wrap or freeze `model` as the recipe's adapter section says."""
+    task_type = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}[head]
+    return _APPLY[type(adapter)](model, adapter, task_type=task_type, gradient_checkpointing=gradient_checkpointing,
+                                 new_token_ids=list(new_token_ids))

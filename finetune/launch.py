@@ -1,0 +1,36 @@
+"""`ft run --nproc N`: start N training processes, one per GPU (or N on the CPU).
+
+GPUs go through Accelerate's launcher; on CPU, Accelerate's multi-CPU path wants MPI or oneCCL,
+so ft uses torchrun with the gloo backend, which needs nothing beyond torch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from finetune.pipeline import LAUNCHED_ENV
+
+
+def in_distributed_child() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get(LAUNCHED_ENV) == "1"
+
+
+def launch_command(nproc: int, cli_args: list[str], use_gpu: bool) -> list[str]:
+    """The command that reruns `ft <cli_args>` in `nproc` processes."""
+    if use_gpu:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--module", "cli", *cli_args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "cli", *cli_args]
+
+
+def launch(nproc: int, cli_args: list[str]) -> int:
+    """Run the children to completion; their exit code is ours."""
+    import torch
+
+    use_gpu = torch.cuda.is_available() and torch.cuda.device_count() >= nproc
+    env = {**os.environ, LAUNCHED_ENV: "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.call(launch_command(nproc, cli_args, use_gpu), env=env)

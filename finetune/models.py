@@ -1,0 +1,120 @@
+"""Load the tokenizer and the base model named by a recipe, full precision or 4-bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from finetune.hardware import Hardware, resolve_dtype
+from finetune.recipe.schema import ModelSection, QLoraAdapter
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class ModelNotFoundError(RuntimeError):
+    """The model or tokenizer could not be found locally nor fetched from the Hub."""
+
+
+def _hub_kwargs(section: ModelSection) -> dict[str, Any]:
+    return {"revision": section.revision, "trust_remote_code": section.trust_remote_code}
+
+
+def model_location(section: ModelSection) -> str:
+    """An existing local directory as an absolute path (an adapter records it as its base, so the
+    run loads from any working directory); a Hub id as it is."""
+    path = Path(section.name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else section.name_or_path
+
+
+def _not_found(section: ModelSection, what: str, err: Exception) -> ModelNotFoundError:
+    name = section.name_or_path
+    if Path(name).expanduser().is_dir():
+        return ModelNotFoundError(f"model.name_or_path: {name} is a directory but its {what} could not be loaded: {err}")
+    return ModelNotFoundError(
+        f"model.name_or_path: could not find {name!r}: it is not a local directory, and it could not be "
+        f"fetched from the Hugging Face Hub (offline, or not a valid id). Download it where you have a "
+        f"network (`hf download {name}`) or point model.name_or_path at a local directory.\n  cause: "
+        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    )
+
+
+def _go_offline_if_hub_unreachable(name: str) -> None:
+    """Without a network, huggingface_hub retries for about a minute before failing. Probe once,
+    briefly; if the Hub cannot be reached, switch to offline mode so cached models still load and
+    missing ones fail at once with our message."""
+    import os
+    import socket
+
+    if Path(name).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import huggingface_hub.constants as hub_constants
+
+        hub_constants.HF_HUB_OFFLINE = True
+
+
+def load_tokenizer(section: ModelSection) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    _go_offline_if_hub_unreachable(section.name_or_path)
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_location(section), **_hub_kwargs(section))
+    except (OSError, ValueError) as err:
+        raise _not_found(section, "tokenizer", err) from None
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out of the loss and attention; eos is a safe stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(adapter: Any, hardware: Hardware) -> Any:
+    """bitsandbytes 4-bit config for QLoRA, else None."""
+    if not isinstance(adapter, QLoraAdapter):
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = resolve_dtype(adapter.compute_dtype, hardware)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=adapter.quant_type,
+        bnb_4bit_use_double_quant=adapter.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, compute),
+        # Keep a sequence-classification head trainable in full precision.
+        llm_int8_skip_modules=["score", "classifier"],
+    )
+
+
+def load_model(section: ModelSection, adapter: Any, hardware: Hardware, head: str = "causal_lm",
+               num_labels: int | None = None) -> PreTrainedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    classes = {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification}
+    kwargs: dict[str, Any] = {**_hub_kwargs(section), "dtype": getattr(torch, resolve_dtype(section.dtype, hardware))}
+    if section.attn_implementation:
+        kwargs["attn_implementation"] = section.attn_implementation
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    quant = quantization_config(adapter, hardware)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        # bitsandbytes quantizes while loading onto the target device.
+        kwargs["device_map"] = {"": _local_device(hardware)}
+    try:
+        return classes[head].from_pretrained(model_location(section), **kwargs)
+    except OSError as err:
+        raise _not_found(section, "weights", err) from None
+
+
+def _local_device(hardware: Hardware) -> Any:
+    import os
+
+    if hardware.device == "cuda":
+        return int(os.environ.get("LOCAL_RANK", 0))
+    return "cpu"

@@ -1,0 +1,134 @@
+"""The run directory: atomic writes, the manifest, metrics as JSON lines and the loss plot.
+
+Layout: final/ (weights or adapter + tokenizer with its chat template), recipe.yaml,
+manifest.json, metrics.jsonl, loss.png, checkpoints/. Every file is written to a temporary
+name and renamed, so a crash never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("ft", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets")
+
+
+class OutputDirError(RuntimeError):
+    """The output directory holds a previous run and the user did not ask to overwrite or resume."""
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_dir_atomic(target: Path, save: Callable[[Path], None]) -> None:
+    """Let `save(tmp_dir)` fill a temporary directory, then swap it in for `target`."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save(tmp)
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_output_dir(path: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse to mix a new run into an old one unless asked to overwrite or resume."""
+    if path.exists() and any(path.iterdir()):
+        if resume:
+            return
+        if not overwrite:
+            raise OutputDirError(
+                f"output_dir {path} already holds a run. Use --overwrite to replace it, --resume to continue "
+                f"from its last checkpoint, or set output_dir=<new dir>."
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit(cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    # One write() per line with O_APPEND: a crash can lose the last line, never corrupt earlier ones.
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, default=float) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss(metrics: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Write the training (and validation) loss curve; False when there is nothing to plot."""
+    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
+    if not train and not evals:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for points, label in ((train, "train"), (evals, "validation")):
+        if points:
+            ax.plot(*zip(*points), marker="." if len(points) < 50 else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True

@@ -1,0 +1,135 @@
+"""`run(recipe)`: tokenizer -> template -> dataset -> model -> adapter -> trainer -> save.
+
+Objectives differ only in the trainer they build (see `finetune.registry`). Every step is a
+function that can be called and tested alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from finetune import run_files
+from finetune.errors import ConfigError
+from finetune.hardware import Hardware, detect
+from finetune.outputs import prepare_output_dir, write_atomic
+from finetune.recipe.loader import dump_recipe
+from finetune.recipe.schema import RecipeBase
+from finetune.registry import Objective, get_objective
+from finetune.run_parts import RunParts, check_extra
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from data_templates.chat_templates import ResolvedTemplate
+    from data_templates.prepare import PreparedData
+
+LAUNCHED_ENV = "FT_LAUNCHED"  # set by `ft run --nproc N` for its children: the parent checked the output dir
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    final_dir: Path
+    metrics: list[dict[str, Any]]
+    manifest: dict[str, Any]
+
+
+def quiet_library_deprecations() -> None:
+    """TRL 1.12 sets `gradient_checkpointing`, which transformers 5 renamed; the warnings it prints
+    on every run are about library internals, not about anything in the user's recipe."""
+    for name in ("gradient_checkpointing", "is_gradient_checkpointing"):
+        warnings.filterwarnings("ignore", message=f"`{name}` is deprecated", category=FutureWarning)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def setup_template(tokenizer: PreTrainedTokenizerBase, recipe: RecipeBase, objective: Objective) -> ResolvedTemplate | None:
+    """Give the tokenizer the recipe's chat template; None when the objective reads raw text."""
+    from data_templates.chat_templates import resolve_chat_template
+
+    if objective.data_form == "text" and recipe.model.chat_template is None:
+        return None
+    if recipe.model.chat_template is None and not getattr(tokenizer, "chat_template", None):
+        return None  # plain prompt/completion data needs none; conversational rows will say so
+    try:
+        return resolve_chat_template(tokenizer, recipe.model.chat_template)
+    except ValueError as err:
+        raise ConfigError(f"model.chat_template: {err}") from None
+
+
+def load_data(recipe: RecipeBase, tokenizer: PreTrainedTokenizerBase, objective: Objective) -> PreparedData:
+    """Tokenize (or canonicalise) the data once, on the main process first, before other ranks need it."""
+    from accelerate import PartialState
+
+    from data_templates.prepare import prepare_data
+
+    with PartialState().main_process_first():
+        return prepare_data(recipe.data, tokenizer, objective.data_form,
+                            loss_on=recipe.objective.loss_policy(), seed=recipe.seed)
+
+
+def build_model(recipe: RecipeBase, hardware: Hardware, objective: Objective, tokenizer: PreTrainedTokenizerBase,
+                template: ResolvedTemplate | None) -> Any:
+    from finetune.adapters import apply_adapter
+    from finetune.models import load_model
+
+    model = load_model(recipe.model, recipe.adapter, hardware, objective.model_head)
+    new_ids: list[int] = []
+    if template is not None and template.added_tokens:
+        old = model.get_input_embeddings().weight.shape[0]
+        model.resize_token_embeddings(len(tokenizer))
+        new_ids = list(range(old, len(tokenizer)))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return apply_adapter(model, recipe.adapter, head=objective.model_head,
+                         gradient_checkpointing=recipe.training.gradient_checkpointing, new_token_ids=new_ids)
+
+
+def run(recipe: RecipeBase, *, overwrite: bool = False, resume: bool = False,
+        callbacks: list[Any] | None = None, log: Any = print) -> RunResult:
+    """Train `recipe` and write its run directory; returns where everything went."""
+    from transformers import set_seed
+
+    started = time.time()
+    quiet_library_deprecations()
+    objective = get_objective(recipe.objective.kind)
+    run_dir = Path(recipe.output_dir).expanduser().resolve()
+    if is_main_process() and os.environ.get(LAUNCHED_ENV) != "1":
+        prepare_output_dir(run_dir, overwrite=overwrite, resume=resume)
+    extra_problems = check_extra(objective.config_class, recipe.training)
+    if extra_problems:
+        raise ConfigError("\n".join(extra_problems))
+    hardware = detect(recipe.training.device, recipe.training.precision)
+    set_seed(recipe.seed)
+
+    from finetune.models import load_tokenizer
+
+    tokenizer = load_tokenizer(recipe.model)
+    template = setup_template(tokenizer, recipe, objective)
+    data = load_data(recipe, tokenizer, objective)
+    if is_main_process():
+        log(data.summary())
+    model = build_model(recipe, hardware, objective, tokenizer, template)
+    metrics_path = run_dir / "metrics.jsonl"
+    checkpoint = run_files.last_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None and is_main_process():
+        log(f"no checkpoint under {run_dir / 'checkpoints'}; starting from the beginning")
+    parts = RunParts(recipe=recipe, hardware=hardware, run_dir=run_dir, tokenizer=tokenizer, model=model,
+                     train_dataset=data.train, eval_dataset=data.eval,
+                     callbacks=[run_files.MetricsCallback(metrics_path, resume_from=checkpoint), *(callbacks or [])])
+    trainer = objective.build_trainer(parts)
+    if is_main_process():
+        write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    final_dir = run_files.save_final(trainer, tokenizer, run_dir)
+    manifest = run_files.write_manifest(run_dir, recipe, hardware, model, data, template, started)
+    metrics = run_files.finish_metrics(run_dir, recipe)
+    return RunResult(run_dir=run_dir, final_dir=final_dir, metrics=metrics, manifest=manifest)
+

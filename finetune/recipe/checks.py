@@ -1,0 +1,81 @@
+"""Checks pydantic cannot express: files exist, names are known, sections fit together.
+
+They run after schema validation, on the typed recipe, and report every problem at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+from finetune.recipe.errors import Problem, Source
+from finetune.recipe.schema import DatasetSpec, RecipeBase
+from finetune.recipe.yaml_source import KeyPath, Positions
+
+# "org/name" or "name": what a Hub id looks like. A path with a file extension or a leading
+# ./ ../ / ~ is meant to be local, so a missing one is reported now rather than sent to the Hub.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_LOCAL_HINT = re.compile(r"^(\.{1,2}/|/|~)|\.(jsonl?|csv|parquet|txt|arrow)$")
+
+
+def looks_local(path: str) -> bool:
+    return Path(path).expanduser().exists() or bool(_LOCAL_HINT.search(path)) or not _HUB_ID.match(path)
+
+
+def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source) -> list[Problem]:
+    def at(path: KeyPath, message: str) -> Problem:
+        source = next((positions[path[:n]] for n in range(len(path), 0, -1) if path[:n] in positions), default)
+        return Problem(source, ".".join(map(str, path)), message)
+
+    problems: list[Problem] = []
+    model_path = recipe.model.name_or_path
+    if looks_local(model_path) and not Path(model_path).expanduser().exists():
+        problems.append(at(("model", "name_or_path"), f"model directory not found: {Path(model_path).expanduser().resolve()}"))
+    problems += _template_problems(recipe, at)
+    for split in ("train", "validation"):
+        for index, spec in enumerate(getattr(recipe.data, split)):
+            problems += _dataset_problems(spec, (("data", split, index)), recipe.objective.kind, at)
+    if recipe.data.validation and recipe.data.validation_fraction > 0:
+        problems.append(at(("data", "validation_fraction"), "give validation datasets or a validation_fraction, not both"))
+    return problems
+
+
+def _template_problems(recipe: RecipeBase, at) -> list[Problem]:
+    from data_templates.chat_templates import TEMPLATES
+
+    choice = recipe.model.chat_template
+    if choice is None or choice in TEMPLATES:
+        return []
+    if choice.endswith(".jinja"):
+        if Path(choice).expanduser().is_file():
+            return []
+        return [at(("model", "chat_template"), f"template file not found: {Path(choice).expanduser().resolve()}")]
+    close = difflib.get_close_matches(choice, list(TEMPLATES), n=1)
+    hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(TEMPLATES)}, or a path to a .jinja file"
+    return [at(("model", "chat_template"), f"unknown chat template {choice!r} ({hint})")]
+
+
+def _dataset_problems(spec: DatasetSpec, path: KeyPath, objective: str, at) -> list[Problem]:
+    from data_templates.formats import FORMATS, formats_for
+    from finetune.registry import get_objective
+
+    problems = []
+    if looks_local(spec.path) and not Path(spec.path).expanduser().exists():
+        problems.append(at(path + ("path",), f"file not found: {Path(spec.path).expanduser().resolve()}"))
+    fmt = FORMATS.get(spec.format)
+    if fmt is None:
+        close = difflib.get_close_matches(spec.format, list(FORMATS), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(FORMATS)}"
+        return problems + [at(path + ("format",), f"unknown format {spec.format!r} ({hint})")]
+    form = get_objective(objective).data_form
+    accepted = formats_for(form)
+    if spec.format not in accepted:
+        problems.append(at(path + ("format",), f"objective {objective!r} cannot train on {spec.format!r} data; "
+                           f"use one of: {', '.join(accepted)}"))
+    for field in spec.columns:
+        if field not in fmt.fields + fmt.optional:
+            close = difflib.get_close_matches(field, list(fmt.fields + fmt.optional), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" ({spec.format} fields: {', '.join(fmt.fields + fmt.optional)})"
+            problems.append(at(path + ("columns", field), f"unknown field of format {spec.format!r}{hint}"))
+    return problems

@@ -1,0 +1,138 @@
+"""Load a recipe: read YAML, resolve `extends`, apply KEY=VALUE overrides, validate strictly.
+
+`load_recipe` either returns a typed, frozen recipe or raises `RecipeError` listing every
+problem at once. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+from pydantic import Field, ValidationError, create_model
+
+from finetune.recipe.checks import semantic_problems
+from finetune.recipe.errors import Problem, RecipeError, Source
+from finetune.recipe.schema import RecipeBase
+from finetune.recipe.validation import problems_from
+from finetune.recipe.yaml_source import KeyPath, Positions, parse_scalar, read_yaml
+from finetune.registry import objectives
+
+Recipe = RecipeBase  # the static type of a validated recipe; `objective` is one registered section
+
+
+@lru_cache(maxsize=1)
+def recipe_model() -> type[RecipeBase]:
+    """The recipe model with `objective` narrowed to the union of registered objective sections."""
+    sections = tuple(obj.section for obj in objectives().values())
+    union = Annotated[Union[sections], Field(discriminator="kind")]  # type: ignore[valid-type]
+    return create_model(
+        "Recipe",
+        __base__=RecipeBase,
+        objective=(union, Field(description="What to train for; `kind` picks the objective.")),
+    )
+
+
+def load_raw(path: str | Path, overrides: list[str] = ()) -> tuple[dict[str, Any], Positions]:
+    """The merged recipe mapping (extends + overrides) and where each key came from."""
+    data, positions = _read_with_extends(Path(path), ())
+    problems: list[Problem] = []
+    for override in overrides:
+        problem = _apply_override(data, positions, override)
+        if problem is not None:
+            problems.append(problem)
+    if problems:
+        raise RecipeError(problems)
+    return data, positions
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    raw, positions = load_raw(path, overrides)
+    return validate_raw(raw, positions, Source(str(path), 1))
+
+
+def validate_raw(raw: dict[str, Any], positions: Positions, default: Source) -> Recipe:
+    model = recipe_model()
+    try:
+        recipe = model.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(_ordered(problems_from(err, raw, model, positions, default))) from None
+    problems = semantic_problems(recipe, positions, default)
+    if problems:
+        raise RecipeError(_ordered(problems))
+    return recipe
+
+
+def _ordered(problems: list[Problem]) -> list[Problem]:
+    """File order, then line: how a reader fixes them."""
+    return sorted(problems, key=lambda p: (p.source.line is None, p.source.file, p.source.line or 0))
+
+
+def dump_recipe(recipe: RecipeBase) -> str:
+    """The fully resolved recipe as YAML (defaults filled in), loadable by `ft run`."""
+    import yaml
+
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], Positions]:
+    data, positions = read_yaml(path)
+    parent_ref = data.pop("extends", None)
+    if parent_ref is None:
+        return data, positions
+    here = Source(str(path), positions.get(("extends",), Source(str(path))).line)
+    if not isinstance(parent_ref, str):
+        raise RecipeError([Problem(here, "extends", "expected the path of a parent recipe")])
+    parent_path = (path.parent / parent_ref).resolve()
+    if parent_path in seen or parent_path == path.resolve():
+        raise RecipeError([Problem(here, "extends", f"circular extends through {parent_ref}")])
+    if not parent_path.is_file():
+        raise RecipeError([Problem(here, "extends", f"parent recipe not found: {parent_path}")])
+    parent, parent_positions = _read_with_extends(parent_path, seen + (path.resolve(),))
+    parent_positions.update({k: v for k, v in positions.items() if k != ("extends",)})
+    return deep_merge(parent, data), parent_positions
+
+
+def deep_merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else (lists included) is replaced by the child.
+
+    A section whose `kind` the child changes (adapter lora -> none, objective sft -> dpo) is
+    replaced whole: the parent's keys belong to the other kind.
+    """
+    merged = copy.deepcopy(parent)
+    for key, value in child.items():
+        old = merged.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("kind", old.get("kind")) == old.get("kind"):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _apply_override(data: dict[str, Any], positions: Positions, text: str) -> Problem | None:
+    source = Source(f"override '{text}'")
+    key, sep, value_text = text.partition("=")
+    if not sep or not key.strip():
+        return Problem(source, "", "expected KEY=VALUE, e.g. training.max_steps=20")
+    path: KeyPath = tuple(int(p) if p.lstrip("-").isdigit() else p for p in key.strip().split("."))
+    node: Any = data
+    for depth, part in enumerate(path[:-1]):
+        if isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            where = ".".join(map(str, path[: depth + 1]))
+            return Problem(source, key, f"cannot set inside {where}: it is not a mapping")
+        if not isinstance(node, (dict, list)):
+            where = ".".join(map(str, path[: depth + 1]))
+            return Problem(source, key, f"cannot set inside {where}: it is a single value")
+    if isinstance(node, list) and not isinstance(path[-1], int):
+        return Problem(source, key, "expected a list index")
+    node[path[-1]] = parse_scalar(value_text)
+    for existing in [p for p in positions if p[: len(path)] == path]:
+        del positions[existing]
+    positions[path] = source
+    return None

@@ -1,0 +1,200 @@
+"""The recipe schema: strict, frozen, typed pydantic models.
+
+Every model forbids unknown keys (pydantic's default silently drops them, which turns a typo
+into a silent no-op). Field descriptions feed `ft schema` and the docs. Objective sections are
+registered by their modules (see `finetune.registry`) and joined into a discriminated union on
+`kind` when the recipe model is built, so a DPO key in an SFT recipe is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Base for every recipe section: unknown keys are errors, validated values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------- model
+class ModelSection(Strict):
+    name_or_path: str = Field(
+        description="Hugging Face Hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local model directory."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weights dtype. auto: bfloat16 where the hardware supports it, else float32.",
+    )
+    attn_implementation: str | None = Field(
+        None, description="eager, sdpa, flash_attention_2, ... (None: transformers' default)."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run modelling code shipped with the checkpoint. Off unless you trust it."
+    )
+    chat_template: str | None = Field(
+        None,
+        description="None: the tokenizer's own template. Else a shipped template name "
+        "(chatml, llama3, mistral, gemma, phi3, alpaca, completion) or a path to a .jinja file.",
+    )
+
+
+# ------------------------------------------------------------------------------------- adapter
+class FullAdapter(Strict):
+    """Full fine-tuning, optionally of some layers only (partial fine-tuning)."""
+
+    kind: Literal["none"] = "none"
+    trainable_layers: list[int] | None = Field(
+        None,
+        description="Train only these decoder layers (0-based; negative counts from the end). "
+        "Embeddings and head stay frozen unless listed in trainable_modules.",
+    )
+    trainable_modules: list[str] = Field(
+        default_factory=list,
+        description="Extra parameter-name substrings to train when trainable_layers is set "
+        "(e.g. lm_head, embed_tokens, norm).",
+    )
+
+
+class LoraAdapter(Strict):
+    kind: Literal["lora"] = "lora"
+    r: int = Field(16, gt=0, description="Rank of the update matrices.")
+    alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: Union[Literal["all-linear"], list[str]] = Field(
+        "all-linear", description="Modules to adapt: all-linear, or a list of module names."
+    )
+    dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
+    layers: list[int] | None = Field(
+        None, description="Adapt only these decoder layers (PEFT layers_to_transform)."
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained fully and saved with the adapter."
+    )
+
+
+class QLoraAdapter(LoraAdapter):
+    """LoRA on a 4-bit base model quantized by bitsandbytes (works on CPU with bitsandbytes>=0.48)."""
+
+    kind: Literal["qlora"] = "qlora"  # type: ignore[assignment]
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Dtype of the matmuls on dequantized weights."
+    )
+
+
+Adapter = Annotated[Union[FullAdapter, LoraAdapter, QLoraAdapter], Field(discriminator="kind")]
+
+
+# ---------------------------------------------------------------------------------------- data
+class DatasetSpec(Strict):
+    path: str = Field(
+        description="A local file (.json, .jsonl, .csv, .parquet), a folder of them, or a Hub dataset id."
+    )
+    format: str = Field(
+        "messages",
+        description="Row format: text, alpaca, sharegpt, messages, prompt_completion, preference, "
+        "unpaired_preference, prompt_only.",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map the format's field names to your columns, e.g. {prompt: question}.",
+    )
+    name: str | None = Field(None, description="Hub dataset config name.")
+    split: str = Field("train", description="Split to read.")
+    revision: str | None = Field(None, description="Hub dataset revision.")
+    weight: float | None = Field(
+        None, gt=0, description="Sampling weight when mixing several datasets."
+    )
+    max_rows: int | None = Field(None, gt=0, description="Use at most this many rows.")
+
+
+class DataSection(Strict):
+    train: list[DatasetSpec] = Field(min_length=1, description="Training datasets.")
+    validation: list[DatasetSpec] = Field(
+        default_factory=list, description="Validation datasets (else carved by validation_fraction)."
+    )
+    validation_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of train held out for validation (fixed seed)."
+    )
+    max_length: int = Field(1024, gt=0, description="Maximum tokens per example.")
+    truncation: Literal["keep_start", "keep_end", "drop"] = Field(
+        "keep_start",
+        description="Over-long examples: keep the first tokens, keep the last, or drop the row.",
+    )
+    packing: bool = Field(False, description="Pack several examples into one max_length row.")
+    bad_rows: Literal["fail", "skip"] = Field(
+        "fail", description="A row that does not fit its format fails the run, or is skipped and counted."
+    )
+    cache: bool = Field(True, description="Cache tokenized datasets between runs.")
+
+
+# ------------------------------------------------------------------------------------ training
+class TrainingSection(Strict):
+    epochs: float = Field(1.0, gt=0, description="Passes over the data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, gt=0, description="Examples per device per forward pass.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Forward passes per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: str = Field(
+        "cosine", description="linear, cosine, constant, constant_with_warmup, ..."
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    warmup_steps: int = Field(0, ge=0, description="Warmup steps (wins over warmup_ratio when > 0).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    optimizer: str = Field("adamw_torch", description="transformers optimizer name.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."
+    )
+    logging_steps: int = Field(10, gt=0, description="Log metrics every N steps.")
+    save_steps: int | None = Field(
+        None, gt=0, description="Checkpoint every N steps (None: at the end of each epoch)."
+    )
+    save_total_limit: int | None = Field(2, gt=0, description="Keep at most this many checkpoints.")
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps when there is validation data.")
+    report_to: list[str] = Field(
+        default_factory=list, description="Trackers: wandb, tensorboard, ... (empty: none)."
+    )
+    nproc: int = Field(1, gt=0, description="Processes to launch (one per GPU; CPU works too).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when present, else CPU."
+    )
+    progress_bar: bool = Field(True, description="Show a progress bar.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Escape hatch: more fields for the TRL config class of the objective, "
+        "checked by constructing that class before training starts.",
+    )
+
+
+# -------------------------------------------------------------------------------- objectives
+class ObjectiveSection(Strict):
+    """Base of every objective section; each objective module subclasses it with a literal kind."""
+
+    kind: str
+
+    def loss_policy(self) -> str:
+        """Which tokens of a tokenized example get loss (see data_templates.masking.LossOn)."""
+        return "all"
+
+
+# --------------------------------------------------------------------------------------- recipe
+class RecipeBase(Strict):
+    """Shared keys of every recipe. `objective` is narrowed to the registered union at build time."""
+
+    description: str = Field("", description="One line: what this recipe does.")
+    model: ModelSection
+    adapter: Adapter = Field(default_factory=LoraAdapter, description="none, lora or qlora.")
+    data: DataSection
+    objective: ObjectiveSection
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    seed: int = Field(42, description="Seed for data order, initialisation and sampling.")
+    output_dir: str = Field(description="Where the run writes final/, checkpoints/, metrics and manifest.")
+

@@ -1,0 +1,116 @@
+"""The objective registry: one objective, one module, one entry point.
+
+An objective module declares its recipe section (a pydantic model with a literal `kind`) and
+registers a builder with `@objective(...)`. Modules keep torch/transformers/trl imports inside
+their functions, so importing the registry (and validating a recipe) stays light.
+
+Third-party objectives can register through the `ft.objectives` entry-point group: each entry
+point names a module that calls `@objective` when imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from finetune.recipe.schema import ObjectiveSection
+    from finetune.run_parts import RunParts
+
+# The canonical example form an objective consumes (see data_templates): the data layer turns
+# every dataset format into one of these.
+DataForm = Literal["sft", "text", "preference", "unpaired_preference", "prompt_only"]
+# The head the model is loaded with.
+ModelHead = Literal["causal_lm", "sequence_classification"]
+
+BUILTIN_OBJECTIVE_MODULES: tuple[str, ...] = (
+    "finetune.sft",
+    "finetune.pretrain",
+    "align.dpo",
+    "align.reward",
+    "align.kto",
+    "align.ppo",
+    "align.grpo",
+)
+
+
+@dataclass(frozen=True)
+class Objective:
+    kind: str
+    section: type[ObjectiveSection]
+    build_trainer: Callable[[RunParts], Any]
+    data_form: DataForm
+    config_class: str  # "module:Class" of the TRL config; training.extra is checked against it
+    description: str
+    model_head: ModelHead = "causal_lm"
+
+
+_REGISTRY: dict[str, Objective] = {}
+_discovered = False
+
+
+def objective(
+    kind: str,
+    *,
+    section: type[ObjectiveSection],
+    data_form: DataForm,
+    config_class: str,
+    description: str,
+    model_head: ModelHead = "causal_lm",
+) -> Callable[[Callable[[RunParts], Any]], Callable[[RunParts], Any]]:
+    """Register `build_trainer(parts) -> Trainer` as the entry point of objective `kind`."""
+
+    def register(fn: Callable[[RunParts], Any]) -> Callable[[RunParts], Any]:
+        if kind in _REGISTRY and _REGISTRY[kind].build_trainer is not fn:
+            raise ValueError(f"objective {kind!r} is registered twice")
+        _REGISTRY[kind] = Objective(
+            kind=kind,
+            section=section,
+            build_trainer=fn,
+            data_form=data_form,
+            config_class=config_class,
+            description=description,
+            model_head=model_head,
+        )
+        return fn
+
+    return register
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    for module in BUILTIN_OBJECTIVE_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            # An objective module not written yet is simply absent; a missing dependency
+            # *inside* a module that exists is a real error and must surface.
+            if err.name != module:
+                raise
+    for ep in entry_points(group="ft.objectives"):
+        importlib.import_module(ep.value)
+    _discovered = True
+
+
+def objectives() -> dict[str, Objective]:
+    """All registered objectives, by kind (imports the objective modules on first use)."""
+    _discover()
+    return dict(_REGISTRY)
+
+
+def get_objective(kind: str) -> Objective:
+    known = objectives()
+    if kind not in known:
+        raise KeyError(f"unknown objective {kind!r}; known: {', '.join(sorted(known))}")
+    return known[kind]
+
+
+def load_attr(path: str) -> Any:
+    """Import "package.module:Name" lazily."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)

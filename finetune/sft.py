@@ -1,0 +1,54 @@
+"""Supervised fine-tuning on conversations or prompt/completion pairs, with TRL's SFTTrainer.
+
+ft tokenizes the data itself (exact loss masks for any chat template, see data_templates) and
+hands SFTTrainer `input_ids` + `labels`; TRL's collator uses the labels as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from finetune.recipe.schema import ObjectiveSection
+from finetune.registry import objective
+from finetune.run_parts import RunParts
+
+
+class SFTSection(ObjectiveSection):
+    kind: Literal["sft"] = "sft"
+    loss_on: Literal["assistant", "last_assistant", "all_turns", "all"] = Field(
+        "assistant",
+        description="assistant: every assistant turn with its end-of-turn token; last_assistant: the "
+        "final one only; all_turns: the content of every turn; all: every token, prompts included.",
+    )
+
+    def loss_policy(self) -> str:
+        return self.loss_on
+
+
+def build_sft_trainer(parts: RunParts, **config: Any) -> Any:
+    """SFTTrainer over pre-tokenized data; shared by `sft` and `pretrain`."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = parts.trainer_config(
+        SFTConfig,
+        # Truncation already happened (and was reported) in the data layer; packing needs the length.
+        max_length=parts.recipe.data.max_length if parts.recipe.data.packing else None,
+        packing=parts.recipe.data.packing,
+        **config,
+    )
+    return SFTTrainer(
+        model=parts.model,
+        args=args,
+        train_dataset=parts.train_dataset,
+        eval_dataset=parts.eval_dataset,
+        processing_class=parts.tokenizer,
+        callbacks=parts.callbacks,
+    )
+
+
+@objective("sft", section=SFTSection, data_form="sft", config_class="trl:SFTConfig",
+           description="Supervised fine-tuning on conversations, instructions or prompt/completion pairs.")
+def build(parts: RunParts) -> Any:
+    return build_sft_trainer(parts)
