@@ -133,3 +133,81 @@ def _alpaca(row: dict[str, Any]) -> dict[str, Any]:
         messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
     return {"messages": messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]}
+
+
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                   "assistant": "assistant", "model": "assistant", "tool": "tool", "function": "tool",
+                   "observation": "tool"}
+
+
+@register_format("sharegpt", form="sft", fields=("conversations",), optional=("system",),
+                 description="ShareGPT: conversations of {from, value} (human/gpt/system roles).")
+def _sharegpt(row: dict[str, Any]) -> dict[str, Any]:
+    turns = row.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise RowError("field 'conversations' must be a non-empty list of {from, value} turns")
+    messages = [{"role": "system", "content": require_str(row, "system")}] if row.get("system") else []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise RowError(f"conversations[{i}] must have 'from' and 'value'")
+        role = _SHAREGPT_ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise RowError(f"conversations[{i}] has unknown role {turn['from']!r} "
+                           f"(expected one of {', '.join(sorted(_SHAREGPT_ROLES))})")
+        messages.append({"role": role, "content": turn["value"]})
+    return {"messages": check_messages(messages, "conversations")}
+
+
+def _prompt(value: Any) -> str | list[dict[str, str]]:
+    """A prompt as text, or as messages without an assistant answer at the end."""
+    if isinstance(value, list):
+        return check_messages(value, "prompt", need_assistant=False)
+    if not isinstance(value, str) or not value.strip():
+        raise RowError("field 'prompt' must be non-empty text or a list of messages")
+    return value
+
+
+def _answer(value: Any, field: str, conversational: bool) -> str | list[dict[str, str]]:
+    """A response as text, or as a list of assistant messages (matching the prompt's kind)."""
+    if isinstance(value, list):
+        messages = check_messages(value, field)
+        if not conversational:
+            raise RowError(f"field {field!r} is a message list but 'prompt' is text; use the same kind for both")
+        return messages
+    if not isinstance(value, str) or not value.strip():
+        raise RowError(f"field {field!r} must be non-empty text or a list of messages")
+    # Text answers to a conversational prompt become one assistant message.
+    return [{"role": "assistant", "content": value}] if conversational else value
+
+
+@register_format("preference", form="preference", fields=("prompt", "chosen", "rejected"),
+                 description="prompt + chosen + rejected, as text or message lists (DPO, reward).")
+def _preference(row: dict[str, Any]) -> dict[str, Any]:
+    prompt = _prompt(row.get("prompt"))
+    chat = isinstance(prompt, list)
+    return {"prompt": prompt, "chosen": _answer(row.get("chosen"), "chosen", chat),
+            "rejected": _answer(row.get("rejected"), "rejected", chat)}
+
+
+_TRUE = {True, 1, "1", "true", "True", "yes"}
+_FALSE = {False, 0, "0", "false", "False", "no"}
+
+
+@register_format("unpaired_preference", form="unpaired_preference", fields=("prompt", "completion", "label"),
+                 description="prompt + completion + boolean label (desirable or not), for KTO.")
+def _unpaired(row: dict[str, Any]) -> dict[str, Any]:
+    prompt = _prompt(row.get("prompt"))
+    label = row.get("label")
+    if label not in _TRUE and label not in _FALSE:
+        raise RowError(f"field 'label' must be true or false, got {label!r}")
+    return {"prompt": prompt, "completion": _answer(row.get("completion"), "completion", isinstance(prompt, list)),
+            "label": label in _TRUE}
+
+
+@register_format("prompt_only", form="prompt_only", fields=("prompt",), optional=("reference",),
+                 description="Prompts alone (PPO, GRPO), optionally with a reference answer for rewards.")
+def _prompt_only(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"prompt": _prompt(row.get("prompt"))}
+    if row.get("reference") is not None:
+        out["reference"] = str(row["reference"])
+    return out

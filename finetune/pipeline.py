@@ -80,7 +80,9 @@ def build_model(recipe: RecipeBase, hardware: Hardware, objective: Objective, to
     from finetune.adapters import apply_adapter
     from finetune.models import load_model
 
-    model = load_model(recipe.model, recipe.adapter, hardware, objective.model_head)
+    # A sequence-classification head here is always a reward model: one scalar score.
+    num_labels = 1 if objective.model_head == "sequence_classification" else None
+    model = load_model(recipe.model, recipe.adapter, hardware, objective.model_head, num_labels=num_labels)
     new_ids: list[int] = []
     if template is not None and template.added_tokens:
         old = model.get_input_embeddings().weight.shape[0]
