@@ -85,8 +85,9 @@ def quantization_config(adapter: Any, hardware: Hardware) -> Any:
         bnb_4bit_quant_type=adapter.quant_type,
         bnb_4bit_use_double_quant=adapter.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, compute),
-        # Keep a sequence-classification head trainable in full precision.
-        llm_int8_skip_modules=["score", "classifier"],
+        # Output heads stay in full precision: the LM head (TRL's chunked loss multiplies by its weight
+        # directly) and a reward model's score head, which is trained.
+        llm_int8_skip_modules=["lm_head", "score", "classifier"],
     )
 
 

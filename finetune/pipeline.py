@@ -75,6 +75,17 @@ def load_data(recipe: RecipeBase, tokenizer: PreTrainedTokenizerBase, objective:
                             loss_on=recipe.objective.loss_policy(), seed=recipe.seed)
 
 
+def report_data(recipe: RecipeBase, data: PreparedData, log: Any = print) -> None:
+    """Before training, say what the data is: per dataset its rows, bad rows, truncation counts and
+    lengths; how the sets were assembled; and, with packing, what packing does to attention."""
+    from data_templates.packing import packing_note
+
+    log(data.summary())
+    note = packing_note(recipe.data, recipe.model)
+    if note:
+        log(note)
+
+
 def build_model(recipe: RecipeBase, hardware: Hardware, objective: Objective, tokenizer: PreTrainedTokenizerBase,
                 template: ResolvedTemplate | None) -> Any:
     from finetune.adapters import apply_adapter
@@ -117,7 +128,7 @@ def run(recipe: RecipeBase, *, overwrite: bool = False, resume: bool = False,
     template = setup_template(tokenizer, recipe, objective)
     data = load_data(recipe, tokenizer, objective)
     if is_main_process():
-        log(data.summary())
+        report_data(recipe, data, log)
     model = build_model(recipe, hardware, objective, tokenizer, template)
     metrics_path = run_dir / "metrics.jsonl"
     checkpoint = run_files.last_checkpoint(run_dir) if resume else None

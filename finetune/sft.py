@@ -31,11 +31,15 @@ def build_sft_trainer(parts: RunParts, **config: Any) -> Any:
     """SFTTrainer over pre-tokenized data; shared by `sft` and `pretrain`."""
     from trl import SFTConfig, SFTTrainer
 
+    packing = parts.recipe.data.packing
     args = parts.trainer_config(
         SFTConfig,
         # Truncation already happened (and was reported) in the data layer; packing needs the length.
-        max_length=parts.recipe.data.max_length if parts.recipe.data.packing else None,
-        packing=parts.recipe.data.packing,
+        max_length=parts.recipe.data.max_length if packing else None,
+        packing=packing,
+        # Pinned, not left to TRL's default: best-fit-decreasing keeps every example whole and trains
+        # padding-free, which is what data.packing documents (see data_templates/packing.py).
+        **({"packing_strategy": "bfd"} if packing else {}),
         **config,
     )
     return SFTTrainer(

@@ -38,6 +38,26 @@ def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source)
             problems += _dataset_problems(spec, (("data", split, index)), recipe.objective.kind, at)
     if recipe.data.validation and recipe.data.validation_fraction > 0:
         problems.append(at(("data", "validation_fraction"), "give validation datasets or a validation_fraction, not both"))
+    problems += _mixing_problems(recipe, at)
+    return problems
+
+
+def _mixing_problems(recipe: RecipeBase, at) -> list[Problem]:
+    """Weights mix train datasets only, all of them or none; packing is for objectives ft tokenizes for."""
+    from finetune.registry import get_objective
+
+    problems = []
+    weighted = [spec.weight is not None for spec in recipe.data.train]
+    if any(weighted) and not all(weighted):
+        missing = ", ".join(f"train[{i}]" for i, w in enumerate(weighted) if not w)
+        problems.append(at(("data", "train"), f"give every train dataset a weight, or none ({missing} has none)"))
+    for index, spec in enumerate(recipe.data.validation):
+        if spec.weight is not None:
+            problems.append(at(("data", "validation", index, "weight"), "validation data is not mixed; remove weight"))
+    form = get_objective(recipe.objective.kind).data_form
+    if recipe.data.packing and form not in ("sft", "text"):
+        problems.append(at(("data", "packing"), f"objective {recipe.objective.kind!r} does not pack examples; "
+                           "packing is for sft and pretrain"))
     return problems
 
 
@@ -63,6 +83,13 @@ def _dataset_problems(spec: DatasetSpec, path: KeyPath, objective: str, at) -> l
     problems = []
     if looks_local(spec.path) and not Path(spec.path).expanduser().exists():
         problems.append(at(path + ("path",), f"file not found: {Path(spec.path).expanduser().resolve()}"))
+    if Path(spec.path).expanduser().exists():
+        # Local files are read whole; a Hub-only key would be silently ignored.
+        for key, value, default in (("name", spec.name, None), ("revision", spec.revision, None),
+                                    ("split", spec.split, "train")):
+            if value != default:
+                problems.append(at(path + (key,), f"applies to Hub datasets only, and {spec.path} is a local "
+                                   f"path{'; give the file of that split' if key == 'split' else ''}"))
     fmt = FORMATS.get(spec.format)
     if fmt is None:
         close = difflib.get_close_matches(spec.format, list(FORMATS), n=1)

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, create_model
 from finetune.recipe.checks import semantic_problems
 from finetune.recipe.errors import Problem, RecipeError, Source
 from finetune.recipe.schema import RecipeBase
-from finetune.recipe.validation import problems_from
+from finetune.recipe.validation import allowed_keys, problems_from
 from finetune.recipe.yaml_source import KeyPath, Positions, parse_scalar, read_yaml
 from finetune.registry import objectives
 
@@ -92,7 +92,10 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, An
         raise RecipeError([Problem(here, "extends", f"parent recipe not found: {parent_path}")])
     parent, parent_positions = _read_with_extends(parent_path, seen + (path.resolve(),))
     parent_positions.update({k: v for k, v in positions.items() if k != ("extends",)})
-    return deep_merge(parent, data), parent_positions
+    merged = deep_merge(parent, data)
+    for section in _kind_changes(parent, data):
+        _switch_kind(merged, section)
+    return merged, parent_positions
 
 
 def deep_merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -103,12 +106,36 @@ def deep_merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     """
     merged = copy.deepcopy(parent)
     for key, value in child.items():
-        old = merged.get(key)
-        if isinstance(value, dict) and isinstance(old, dict) and value.get("kind", old.get("kind")) == old.get("kind"):
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def _switch_kind(data: dict[str, Any], section: KeyPath) -> None:
+    """After `section.kind` changed (adapter lora -> none), drop the keys the new kind does not have.
+
+    Keys both kinds share (lora -> qlora keeps r and alpha) are kept; an unknown kind prunes nothing,
+    so its own error is reported.
+    """
+    node: Any = data
+    for part in section:
+        node = node[part]
+    allowed = allowed_keys(recipe_model(), data, section)
+    if allowed:
+        for key in [k for k in node if k not in allowed]:
+            del node[key]
+
+
+def _kind_changes(parent: Any, child: Any, path: KeyPath = ()) -> list[KeyPath]:
+    """Sections whose `kind` the child sets to something other than the parent's."""
+    if not (isinstance(parent, dict) and isinstance(child, dict)):
+        return []
+    found = [path] if "kind" in child and "kind" in parent and child["kind"] != parent["kind"] else []
+    for key, value in child.items():
+        found += _kind_changes(parent.get(key), value, path + (key,))
+    return found
 
 
 def _apply_override(data: dict[str, Any], positions: Positions, text: str) -> Problem | None:
@@ -119,7 +146,9 @@ def _apply_override(data: dict[str, Any], positions: Positions, text: str) -> Pr
     path: KeyPath = tuple(int(p) if p.lstrip("-").isdigit() else p for p in key.strip().split("."))
     node: Any = data
     for depth, part in enumerate(path[:-1]):
-        if isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node):
+        if isinstance(node, list) and isinstance(part, int):
+            if not -len(node) <= part < len(node):
+                return Problem(source, key, f"index {part} is out of range (the list has {len(node)} items)")
             node = node[part]
         elif isinstance(node, dict):
             node = node.setdefault(part, {})
@@ -131,7 +160,12 @@ def _apply_override(data: dict[str, Any], positions: Positions, text: str) -> Pr
             return Problem(source, key, f"cannot set inside {where}: it is a single value")
     if isinstance(node, list) and not isinstance(path[-1], int):
         return Problem(source, key, "expected a list index")
+    if isinstance(node, list) and not -len(node) <= path[-1] < len(node):
+        return Problem(source, key, f"index {path[-1]} is out of range (the list has {len(node)} items)")
+    previous = node.get(path[-1]) if isinstance(node, dict) else None
     node[path[-1]] = parse_scalar(value_text)
+    if path[-1] == "kind" and previous is not None and previous != node[path[-1]]:
+        _switch_kind(data, path[:-1])
     for existing in [p for p in positions if p[: len(path)] == path]:
         del positions[existing]
     positions[path] = source

@@ -94,24 +94,46 @@ Adapter = Annotated[Union[FullAdapter, LoraAdapter, QLoraAdapter], Field(discrim
 # ---------------------------------------------------------------------------------------- data
 class DatasetSpec(Strict):
     path: str = Field(
-        description="A local file (.json, .jsonl, .csv, .parquet), a folder of them, or a Hub dataset id."
+        description="A local file (.json, .jsonl, .csv, .parquet), a folder of them (read in sorted path order; "
+        "hidden files skipped), or a Hub dataset id. A Hub dataset needs the network or the local datasets "
+        "cache; offline, a missing one fails at once, naming it.",
     )
     format: str = Field(
         "messages",
         description="Row format: text, alpaca, sharegpt, messages, prompt_completion, preference, "
-        "unpaired_preference, prompt_only.",
+        "unpaired_preference, prompt_only. Each dataset has its own.",
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Map the format's field names to your columns, e.g. {prompt: question}.",
     )
-    name: str | None = Field(None, description="Hub dataset config name.")
-    split: str = Field("train", description="Split to read.")
-    revision: str | None = Field(None, description="Hub dataset revision.")
-    weight: float | None = Field(
-        None, gt=0, description="Sampling weight when mixing several datasets."
+    name: str | None = Field(None, description="Hub dataset config name (Hub datasets only).")
+    split: str = Field(
+        "train", description="Split of a Hub dataset to read. A local file is read whole: give each split's own file."
     )
-    max_rows: int | None = Field(None, gt=0, description="Use at most this many rows.")
+    revision: str | None = Field(
+        None,
+        description="Hub dataset revision (branch, tag or commit). Pin a commit for reproducible runs: the "
+        "data cache knows a Hub dataset by id, config, split and revision only, so it does not notice an "
+        "unpinned dataset changing upstream.",
+    )
+    weight: float | None = Field(
+        None,
+        gt=0,
+        description="Share of this dataset in the training mix, relative to the other train datasets' weights; "
+        "give every train dataset a weight, or none (then each row is used once). The mix has as many "
+        "examples as the train datasets have rows together (after max_rows, bad rows, truncation and the "
+        "validation split), and dataset i gets round(total * weight_i / sum of weights) of them: a share up to "
+        "its size is a random subset without replacement; a larger share repeats every row share // size "
+        "times plus a random subset for the rest. Random choices use the recipe seed, so the mix is the same "
+        "every run. Validation data is never weighted.",
+    )
+    max_rows: int | None = Field(
+        None,
+        gt=0,
+        description="Read only the first N rows (file order; a folder's files in sorted order), before bad "
+        "rows are skipped, the validation split and mixing.",
+    )
 
 
 class DataSection(Strict):
@@ -120,18 +142,48 @@ class DataSection(Strict):
         default_factory=list, description="Validation datasets (else carved by validation_fraction)."
     )
     validation_fraction: float = Field(
-        0.0, ge=0, lt=1, description="Fraction of train held out for validation (fixed seed)."
+        0.0,
+        ge=0,
+        lt=1,
+        description="Fraction of the train rows held out for validation (at least one row), drawn at random "
+        "with the recipe seed from all train datasets together, before weighting, so a held-out row never "
+        "appears in training.",
     )
     max_length: int = Field(1024, gt=0, description="Maximum tokens per example.")
     truncation: Literal["keep_start", "keep_end", "drop"] = Field(
         "keep_start",
-        description="Over-long examples: keep the first tokens, keep the last, or drop the row.",
+        description="Over-long examples: keep the first max_length tokens, keep the last, or drop the row. A "
+        "row left with no trained token is dropped. The run starts by reporting per dataset, e.g. "
+        "'12 of 5,000 rows truncated, 0 dropped'.",
     )
-    packing: bool = Field(False, description="Pack several examples into one max_length row.")
+    packing: bool = Field(
+        False,
+        description="sft and pretrain: pack tokenized examples into rows of up to max_length tokens (TRL's "
+        "best-fit-decreasing packing; no example is cut), trained padding-free: less compute wasted on "
+        "padding, fewer steps per epoch. Effect on attention: a packed row has no attention mask and its "
+        "position ids restart at each example. flash_attention_2/3 keep the examples apart exactly. With "
+        "eager or sdpa, transformers' own decoder models (Llama, Qwen2, Mistral, Phi-3, Gemma, ...) build a "
+        "per-example mask from those position ids, so examples stay apart too (checked with transformers 5 "
+        "and TRL 1.12); a model with custom code (trust_remote_code) or a recurrent one (Mamba, RWKV) may "
+        "not, and then packed examples attend to each other (cross-contamination). The run prints a line "
+        "saying which case applies.",
+    )
     bad_rows: Literal["fail", "skip"] = Field(
-        "fail", description="A row that does not fit its format fails the run, or is skipped and counted."
+        "fail",
+        description="A row that does not fit its format (missing field, wrong type, unknown role, empty "
+        "conversation, no assistant turn) or that the chat template cannot render: fail stops the run naming "
+        "file and row; skip leaves it out, and the run reports how many and the first.",
     )
-    cache: bool = Field(True, description="Cache tokenized datasets between runs.")
+    cache: bool = Field(
+        True,
+        description="Cache tokenized datasets in $FT_CACHE, else ~/.cache/ft/data. An entry is keyed on the "
+        "data's content (a Hub dataset: id, config, split, revision), the tokenizer (vocabulary, special "
+        "tokens, chat template) and every option that changes the tokens (format, columns, max_rows, "
+        "max_length, truncation, bad_rows, loss_on), so a run with the same inputs loads it instead of "
+        "tokenizing again, and any change tokenizes anew. The validation split and weights are applied after "
+        "loading, so changing them does not re-tokenize. Entries are written atomically; deleting the folder "
+        "is always safe.",
+    )
 
 
 # ------------------------------------------------------------------------------------ training

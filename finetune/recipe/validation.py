@@ -18,11 +18,26 @@ from finetune.recipe.errors import Problem, Source, join_path
 from finetune.recipe.yaml_source import KeyPath, Positions
 
 
+# Names users bring from TRL, PEFT, transformers, axolotl and LLaMA-Factory configs; spelling
+# distance alone would not find `r` for `rank`.
+ALIASES = {
+    "rank": "r", "lora_r": "r", "lora_rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+    "use_dora": "dora", "use_rslora": "rslora", "lora_target": "target_modules", "lr": "learning_rate",
+    "num_train_epochs": "epochs", "num_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+    "micro_batch_size": "batch_size", "lr_scheduler_type": "lr_scheduler", "optim": "optimizer",
+    "max_seq_length": "max_length", "sequence_len": "max_length", "cutoff_len": "max_length",
+    "torch_dtype": "dtype", "model_name_or_path": "name_or_path", "base_model": "name_or_path",
+    "template": "chat_template", "type": "kind", "datasets": "train", "dataset": "train",
+}
+
+
 def problems_from(error: ValidationError, raw: dict[str, Any], model: type[BaseModel],
                   positions: Positions, default: Source) -> list[Problem]:
     merged: dict[KeyPath, list[str]] = {}
     for item in error.errors():
         path, tagged = _user_path(item["loc"], raw, item["type"])
+        if item["type"] == "union_tag_invalid":
+            path += (item.get("ctx", {}).get("discriminator", "'kind'").strip("'"),)
         message = _message(item, path, raw, model)
         messages = merged.setdefault(path, [])
         if tagged and messages:
@@ -68,7 +83,8 @@ def _message(item: dict[str, Any], path: KeyPath, raw: dict[str, Any], model: ty
     kind, ctx, value = item["type"], item.get("ctx", {}), item.get("input")
     if kind == "extra_forbidden":
         allowed = allowed_keys(model, raw, path[:-1])
-        close = difflib.get_close_matches(str(path[-1]), allowed, n=1, cutoff=0.6)
+        alias = ALIASES.get(str(path[-1]))
+        close = [alias] if alias in allowed else difflib.get_close_matches(str(path[-1]), allowed, n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]}?)" if close else f" (valid keys: {', '.join(sorted(allowed))})"
         return "unknown key" + hint
     if kind == "missing":
@@ -80,7 +96,7 @@ def _message(item: dict[str, Any], path: KeyPath, raw: dict[str, Any], model: ty
     if kind == "literal_error":
         return f"expected {ctx.get('expected')}, got {value!r}"
     if kind == "union_tag_invalid":
-        return f"unknown kind {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        return f"unknown {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
         return f"needs a `{ctx.get('discriminator', 'kind').strip(chr(39))}` key"
     text = item["msg"].split(", unable to")[0]
