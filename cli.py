@@ -74,26 +74,50 @@ def run(
     nproc: Annotated[int | None, typer.Option(help="Processes to launch (default: training.nproc).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in output_dir.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in output_dir.")] = False,
+    rerun: Annotated[list[str] | None, typer.Option(
+        help="Pipelines: run this finished stage again (repeatable; 'all' for every stage).")] = None,
 ) -> None:
-    """Validate RECIPE, train, and write the run directory."""
+    """Validate RECIPE (a recipe or a pipeline of stages), train, and write the run directory."""
     with _user_errors():
-        spec = _load(recipe, overrides)
+        from finetune.stages import Pipeline, load
+
+        spec = load(_resolve_recipe(recipe), overrides or [])
         from finetune.launch import in_distributed_child, launch
 
-        processes = nproc or spec.training.nproc
+        recipes = [s.recipe for s in spec.stages] if isinstance(spec, Pipeline) else [spec]
+        processes = nproc or max(r.training.nproc for r in recipes)
         if processes > 1 and not in_distributed_child():
-            from finetune.outputs import prepare_output_dir
-
-            prepare_output_dir(Path(spec.output_dir).expanduser().resolve(), overwrite=overwrite, resume=resume)
-            args = ["run", str(_resolve_recipe(recipe)), *(overrides or [])] + (["--resume"] if resume else [])
-            raise typer.Exit(launch(processes, args))
-        from finetune.pipeline import run as run_pipeline
-
-        result = run_pipeline(spec, overwrite=overwrite, resume=resume, log=typer.echo)
+            raise typer.Exit(launch(processes, _child_args(recipe, overrides, spec, overwrite, resume, rerun)))
         from finetune.pipeline import is_main_process
 
+        if isinstance(spec, Pipeline):
+            from finetune.stages import run_pipeline
+
+            results = run_pipeline(spec, overwrite=overwrite, rerun=set(rerun or []), log=typer.echo)
+            done = [(stage, result) for stage, result in zip(spec.stages, results) if result is not None]
+        else:
+            from finetune.pipeline import run as run_recipe
+
+            done = [(None, run_recipe(spec, overwrite=overwrite, resume=resume, log=typer.echo))]
         if is_main_process():
-            typer.echo(_finished_message(result, spec))
+            for _, result in done:
+                typer.echo(_finished_message(result, spec))
+
+
+def _child_args(recipe: Path, overrides: list[str] | None, spec: Any, overwrite: bool, resume: bool,
+                rerun: list[str] | None) -> list[str]:
+    """The `ft run` arguments for launched processes; the parent checks the output directory first."""
+    from finetune.outputs import prepare_output_dir
+    from finetune.stages import Pipeline
+
+    if isinstance(spec, Pipeline):
+        if overwrite:
+            import shutil
+
+            shutil.rmtree(spec.output_dir, ignore_errors=True)
+        return ["run", str(_resolve_recipe(recipe)), *(overrides or []), *[f"--rerun={r}" for r in rerun or []]]
+    prepare_output_dir(Path(spec.output_dir).expanduser().resolve(), overwrite=overwrite, resume=resume)
+    return ["run", str(_resolve_recipe(recipe)), *(overrides or [])] + (["--resume"] if resume else [])
 
 
 def _finished_message(result: Any, spec: Any) -> str:
@@ -113,21 +137,27 @@ def validate(
     overrides: OverridesArg = None,
     print_: Annotated[bool, typer.Option("--print", help="Print the fully resolved recipe.")] = False,
 ) -> None:
-    """Check RECIPE without loading a model; exit 0 when valid, 2 otherwise."""
+    """Check RECIPE (or a pipeline's every stage) without loading a model; exit 0 when valid, 2 otherwise."""
     with _user_errors():
-        spec = _load(recipe, overrides)
+        from finetune.recipe.loader import dump_recipe
         from finetune.registry import get_objective
         from finetune.run_parts import check_extra
+        from finetune.stages import Pipeline, load
 
-        problems = check_extra(get_objective(spec.objective.kind).config_class, spec.training)
+        spec = load(_resolve_recipe(recipe), overrides or [])
+        named = [(s.name, s.recipe) for s in spec.stages] if isinstance(spec, Pipeline) else [(None, spec)]
+        problems = [f"{recipe}  {'stages.' + name + '.' if name else ''}{problem}"
+                    for name, r in named for problem in check_extra(get_objective(r.objective.kind).config_class,
+                                                                    r.training)]
         if problems:
-            _fail("\n".join(f"{recipe}  {p}" for p in problems))
-        if print_:
-            from finetune.recipe.loader import dump_recipe
-
-            typer.echo(dump_recipe(spec))
-        else:
-            typer.echo(f"{recipe}: ok ({spec.objective.kind}, adapter {spec.adapter.kind}, model {spec.model.name_or_path})")
+            _fail("\n".join(problems))
+        for name, r in named:
+            if print_:
+                typer.echo(f"# stage {name}\n{dump_recipe(r)}" if name else dump_recipe(r))
+            else:
+                where = f"stage {name}: " if name else ""
+                typer.echo(f"{recipe}: {where}ok ({r.objective.kind}, adapter {r.adapter.kind}, "
+                           f"model {r.model.name_or_path})")
 
 
 @app.command()
@@ -209,6 +239,29 @@ def schema() -> None:
     from finetune.recipe.loader import recipe_model
 
     typer.echo(json.dumps(recipe_model().model_json_schema(), indent=2))
+
+
+@data_app.command("preview")
+def data_preview(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="How many training examples to show.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per example, exactly as fed to "
+                                          "the trainer (input_ids, labels with -100 where no loss, text); the "
+                                          "dataset counts go to stderr.")] = False,
+) -> None:
+    """Show the first N training examples as the model sees them (trained tokens highlighted), with
+    per-dataset counts and lengths. Loads the tokenizer, not the model."""
+    with _user_errors():
+        spec = _load(recipe, overrides)
+        from data_templates.preview import build_preview, print_json, print_rich
+
+        preview = build_preview(spec, n)
+        if as_json:
+            print_json(preview, sys.stdout)
+            typer.echo(preview.data.summary(), err=True)
+        else:
+            print_rich(preview)
 
 
 def main() -> None:

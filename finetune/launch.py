@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from finetune.pipeline import LAUNCHED_ENV
+LAUNCHED_ENV = "FT_LAUNCHED"  # set for the children of `ft run --nproc N`, so they do not launch again
 
 
 def in_distributed_child() -> bool:

@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from data_templates.chat_templates import ResolvedTemplate
     from data_templates.prepare import PreparedData
 
-LAUNCHED_ENV = "FT_LAUNCHED"  # set by `ft run --nproc N` for its children: the parent checked the output dir
-
 
 @dataclass
 class RunResult:
@@ -114,7 +112,7 @@ def run(recipe: RecipeBase, *, overwrite: bool = False, resume: bool = False,
     quiet_library_deprecations()
     objective = get_objective(recipe.objective.kind)
     run_dir = Path(recipe.output_dir).expanduser().resolve()
-    if is_main_process() and os.environ.get(LAUNCHED_ENV) != "1":
+    if is_main_process():
         prepare_output_dir(run_dir, overwrite=overwrite, resume=resume)
     extra_problems = check_extra(objective.config_class, recipe.training)
     if extra_problems:

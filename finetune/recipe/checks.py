@@ -23,14 +23,15 @@ def looks_local(path: str) -> bool:
     return Path(path).expanduser().exists() or bool(_LOCAL_HINT.search(path)) or not _HUB_ID.match(path)
 
 
-def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source) -> list[Problem]:
+def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source,
+                      pending: frozenset[str] = frozenset()) -> list[Problem]:
     def at(path: KeyPath, message: str) -> Problem:
         source = next((positions[path[:n]] for n in range(len(path), 0, -1) if path[:n] in positions), default)
         return Problem(source, ".".join(map(str, path)), message)
 
     problems: list[Problem] = []
     model_path = recipe.model.name_or_path
-    if looks_local(model_path) and not Path(model_path).expanduser().exists():
+    if looks_local(model_path) and not Path(model_path).expanduser().exists() and model_path not in pending:
         problems.append(at(("model", "name_or_path"), f"model directory not found: {Path(model_path).expanduser().resolve()}"))
     problems += _template_problems(recipe, at)
     for split in ("train", "validation"):

@@ -37,7 +37,7 @@ def recipe_model() -> type[RecipeBase]:
 
 def load_raw(path: str | Path, overrides: list[str] = ()) -> tuple[dict[str, Any], Positions]:
     """The merged recipe mapping (extends + overrides) and where each key came from."""
-    data, positions = _read_with_extends(Path(path), ())
+    data, positions = read_with_extends(Path(path))
     problems: list[Problem] = []
     for override in overrides:
         problem = _apply_override(data, positions, override)
@@ -53,13 +53,19 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     return validate_raw(raw, positions, Source(str(path), 1))
 
 
-def validate_raw(raw: dict[str, Any], positions: Positions, default: Source) -> Recipe:
+def validate_raw(raw: dict[str, Any], positions: Positions, default: Source,
+                 pending: frozenset[str] = frozenset()) -> Recipe:
+    """The typed recipe, or every problem at once. `pending` names model paths an earlier pipeline
+    stage will produce, so they need not exist yet."""
+    if "stages" in raw:
+        raise RecipeError([Problem(positions.get(("stages",), default), "stages",
+                                   "this is a pipeline of stages, not a single recipe; run it with ft run")])
     model = recipe_model()
     try:
         recipe = model.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(_ordered(problems_from(err, raw, model, positions, default))) from None
-    problems = semantic_problems(recipe, positions, default)
+    problems = semantic_problems(recipe, positions, default, pending)
     if problems:
         raise RecipeError(_ordered(problems))
     return recipe
@@ -77,7 +83,7 @@ def dump_recipe(recipe: RecipeBase) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], Positions]:
+def read_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Positions]:
     data, positions = read_yaml(path)
     parent_ref = data.pop("extends", None)
     if parent_ref is None:
@@ -90,12 +96,17 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, An
         raise RecipeError([Problem(here, "extends", f"circular extends through {parent_ref}")])
     if not parent_path.is_file():
         raise RecipeError([Problem(here, "extends", f"parent recipe not found: {parent_path}")])
-    parent, parent_positions = _read_with_extends(parent_path, seen + (path.resolve(),))
+    parent, parent_positions = read_with_extends(parent_path, seen + (path.resolve(),))
     parent_positions.update({k: v for k, v in positions.items() if k != ("extends",)})
-    merged = deep_merge(parent, data)
-    for section in _kind_changes(parent, data):
+    return merge_recipes(parent, data), parent_positions
+
+
+def merge_recipes(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """`deep_merge`, then drop the keys of sections whose kind the child changed."""
+    merged = deep_merge(parent, child)
+    for section in _kind_changes(parent, child):
         _switch_kind(merged, section)
-    return merged, parent_positions
+    return merged
 
 
 def deep_merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
