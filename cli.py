@@ -100,8 +100,8 @@ def run(
 
             done = [(None, run_recipe(spec, overwrite=overwrite, resume=resume, log=typer.echo))]
         if is_main_process():
-            for _, result in done:
-                typer.echo(_finished_message(result, spec))
+            for stage, result in done:
+                typer.echo(_finished_message(result, stage.recipe if stage else spec))
 
 
 def _child_args(recipe: Path, overrides: list[str] | None, spec: Any, overwrite: bool, resume: bool,
@@ -127,8 +127,26 @@ def _finished_message(result: Any, spec: Any) -> str:
         f"\nDone in {result.manifest['wall_time_s']:.0f}s ({loss}{result.manifest['parameters']['trainable']:,} "
         f"trainable parameters).\nRun saved to {result.run_dir}\n"
         f"  final model:  {result.final_dir}\n  metrics:      {result.run_dir / 'metrics.jsonl'} (plot: loss.png)\n"
-        f"Try it:\n  ft generate {result.run_dir} --prompt \"...\"\n  ft chat {result.run_dir}"
+        f"Try it:\n  ft generate {result.run_dir} --prompt {json.dumps(_example_prompt(spec))}\n"
+        f"  ft chat {result.run_dir}"
     )
+
+
+def _example_prompt(spec: Any) -> str:
+    """The first user message of the training data, so the suggested command shows what was learned."""
+    from data_templates.formats import FORMATS, RowError
+    from data_templates.sources import DataSourceError, read_rows
+
+    first = spec.data.train[0]
+    try:
+        _, row = next(read_rows(first))
+        example = FORMATS[first.format].convert({**row, **{f: row.get(c) for f, c in first.columns.items()}})
+    except (StopIteration, RowError, DataSourceError):
+        return "..."
+    prompt = example.get("prompt")
+    users = [m["content"] for m in example.get("messages", prompt if isinstance(prompt, list) else [])
+             if m["role"] == "user"]
+    return users[0] if users else prompt if isinstance(prompt, str) else "..."
 
 
 @app.command()

@@ -24,6 +24,9 @@ def load_for_generation(path: str | Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from finetune.quiet import quiet_library_noise
+
+    quiet_library_noise()
     final = final_dir(path)
     tokenizer = AutoTokenizer.from_pretrained(final)
     if (final / "adapter_config.json").exists():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from finetune import run_files
 from finetune.errors import ConfigError
 from finetune.hardware import Hardware, detect
 from finetune.outputs import prepare_output_dir, write_atomic
+from finetune.quiet import quiet_library_noise
 from finetune.recipe.loader import dump_recipe
 from finetune.recipe.schema import RecipeBase
 from finetune.registry import Objective, get_objective
@@ -35,13 +35,6 @@ class RunResult:
     final_dir: Path
     metrics: list[dict[str, Any]]
     manifest: dict[str, Any]
-
-
-def quiet_library_deprecations() -> None:
-    """TRL 1.12 sets `gradient_checkpointing`, which transformers 5 renamed; the warnings it prints
-    on every run are about library internals, not about anything in the user's recipe."""
-    for name in ("gradient_checkpointing", "is_gradient_checkpointing"):
-        warnings.filterwarnings("ignore", message=f"`{name}` is deprecated", category=FutureWarning)
 
 
 def is_main_process() -> bool:
@@ -109,7 +102,7 @@ def run(recipe: RecipeBase, *, overwrite: bool = False, resume: bool = False,
     from transformers import set_seed
 
     started = time.time()
-    quiet_library_deprecations()
+    quiet_library_noise()
     objective = get_objective(recipe.objective.kind)
     run_dir = Path(recipe.output_dir).expanduser().resolve()
     if is_main_process():

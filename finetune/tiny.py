@@ -34,11 +34,15 @@ def build_tokenizer(
     """Train a byte-level BPE tokenizer on `corpus` in memory.
 
     Byte-level means every string round-trips through encode/decode, whatever the corpus was, and
-    offsets map back to characters of the input. `eos_token` may name one of `special_tokens`
-    (a ChatML model stops on `<|im_end|>`, as Qwen's instruct models do); `bos_token=None` gives a
-    tokenizer without one, as Qwen's has, and `pad_token=None` one without padding, as Llama's and
-    Mistral's have. `add_bos_token` prepends bos on every encode, as Llama
-    and Mistral tokenizers do, which is the case where a template that also writes bos doubles it.
+    offsets map back to characters of the input. The special tokens get the first ids, in the
+    order pad, bos, eos, unk, then `special_tokens`, so they are stable across corpora.
+
+    The defaults make a Llama-like tokenizer; the keywords reproduce the variations real models
+    ship, which is what the code under test must cope with: `eos_token` may name one of
+    `special_tokens` (a ChatML model stops on `<|im_end|>`, as Qwen's instruct models do);
+    `bos_token=None` gives no bos (Qwen); `pad_token=None` gives no pad (Llama, Mistral);
+    `add_bos_token` prepends bos on every encode (Llama 2, Mistral), the case where a template
+    that also writes bos doubles it.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -48,8 +52,7 @@ def build_tokenizer(
     if add_bos_token and bos_token is None:
         raise ValueError("add_bos_token=True needs a bos_token")
     named = [t for t in (pad_token, bos_token, eos_token, unk_token) if t is not None]
-    # dict.fromkeys dedupes (eos may also be listed in special_tokens) while keeping the order,
-    # so the ids are stable: pad=0, bos=1, eos=2 for the default names.
+    # dict.fromkeys dedupes (eos may also be listed in special_tokens) and keeps the order.
     specials = list(dict.fromkeys([*named, *special_tokens]))
 
     tok = Tokenizer(models.BPE())
