@@ -127,9 +127,18 @@ def _finished_message(result: Any, spec: Any) -> str:
         f"\nDone in {result.manifest['wall_time_s']:.0f}s ({loss}{result.manifest['parameters']['trainable']:,} "
         f"trainable parameters).\nRun saved to {result.run_dir}\n"
         f"  final model:  {result.final_dir}\n  metrics:      {result.run_dir / 'metrics.jsonl'} (plot: loss.png)\n"
-        f"Try it:\n  ft generate {result.run_dir} --prompt {json.dumps(_example_prompt(spec))}\n"
-        f"  ft chat {result.run_dir}"
+        + _try_it(result, spec)
     )
+
+
+def _try_it(result: Any, spec: Any) -> str:
+    from finetune.registry import get_objective
+
+    if get_objective(spec.objective.kind).model_head == "sequence_classification":
+        return (f"It is a reward model: final/ loads with AutoModelForSequenceClassification; use it as\n"
+                f"  objective.reward_model={result.final_dir} in a ppo or grpo recipe")
+    return (f"Try it:\n  ft generate {result.run_dir} --prompt {json.dumps(_example_prompt(spec))}\n"
+            f"  ft chat {result.run_dir}")
 
 
 def _example_prompt(spec: Any) -> str:

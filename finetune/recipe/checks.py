@@ -40,6 +40,7 @@ def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source,
     if recipe.data.validation and recipe.data.validation_fraction > 0:
         problems.append(at(("data", "validation_fraction"), "give validation datasets or a validation_fraction, not both"))
     problems += _mixing_problems(recipe, at)
+    problems += [at(path, message) for path, message in recipe.objective.recipe_problems(recipe)]
     return problems
 
 

@@ -236,6 +236,11 @@ class ObjectiveSection(Strict):
         """Which tokens of a tokenized example get loss (see data_templates.masking.LossOn)."""
         return "all"
 
+    def recipe_problems(self, recipe: "RecipeBase") -> list[tuple[tuple[str | int, ...], str]]:
+        """(key path, message) for settings elsewhere in the recipe this objective cannot honour,
+        so `ft validate` reports them instead of the trainer failing at `ft run`."""
+        return []
+
 
 # --------------------------------------------------------------------------------------- recipe
 class RecipeBase(Strict):
