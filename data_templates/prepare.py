@@ -1,20 +1,24 @@
 """From a recipe's data section to the datasets the trainer consumes.
 
 `prepare_data` is the one path from files to trainer inputs; `ft data preview` calls the same
-functions, so what the preview shows is what is trained.
+functions, so what the preview shows is what is trained. Per dataset: read rows, convert them
+to their format's canonical form, tokenize with exact loss masks (sft and text forms; other
+objectives' trainers tokenize themselves), truncate, and cache the result (see `cache`). Then
+the validation rows are held out and the train datasets mixed by weight (see `mixing`).
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from data_templates import cache, mixing
 from data_templates.formats import FORMATS, RowError
 from data_templates.sources import DataSourceError, Origin, read_rows
 from finetune.recipe.schema import DataSection, DatasetSpec
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
 TOKENIZED_FORMS = ("sft", "text")  # forms ft tokenizes itself, with exact masks
@@ -26,22 +30,34 @@ class DataError(ValueError):
 
 @dataclass
 class DatasetStats:
+    """What happened to one dataset's rows; `summary` is the line the run starts with."""
+
     name: str
-    rows: int = 0
-    skipped: int = 0
-    truncated: int = 0
-    dropped: int = 0
-    lengths: list[int] = field(default_factory=list)
+    rows: int = 0  # usable rows: tokenized forms count kept + dropped, so "truncated of rows" reads right
+    skipped: int = 0  # bad rows left out (bad_rows: skip)
+    truncated: int = 0  # rows longer than max_length, cut and kept
+    dropped: int = 0  # rows left out at max_length: truncation: drop, or no trained token left after cutting
+    first_bad: str | None = None  # "file:row: why" of the first skipped row
+    tokenized: bool = False
+    cached: bool = False  # loaded from the preprocessing cache instead of tokenized now
+    used: int | None = None  # examples it gives the train or validation set, after the split and mixing
+    lengths: list[int] = field(default_factory=list)  # tokens of each kept example
 
     def summary(self) -> str:
         text = f"{self.name}: {self.rows:,} rows"
         if self.skipped:
-            text += f", {self.skipped:,} bad rows skipped"
+            text += f", {self.skipped:,} bad rows skipped (first: {self.first_bad})"
+        if self.tokenized:
+            text += f"; {self.truncated:,} of {self.rows:,} rows truncated, {self.dropped:,} dropped"
         if self.lengths:
             ordered = sorted(self.lengths)
-            text += f"; tokens min {ordered[0]}, median {ordered[len(ordered) // 2]}, max {ordered[-1]}"
-            text += f"; {self.truncated:,} of {len(self.lengths) + self.dropped:,} truncated, {self.dropped:,} dropped"
+            text += f"; tokens min {ordered[0]:,}, median {ordered[len(ordered) // 2]:,}, max {ordered[-1]:,}"
+        if self.cached:
+            text += "; loaded from the data cache"
         return text
+
+    def to_meta(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k in ("rows", "skipped", "truncated", "dropped", "first_bad")}
 
 
 @dataclass
@@ -49,12 +65,23 @@ class PreparedData:
     train: Any  # datasets.Dataset
     eval: Any | None
     stats: list[DatasetStats]
+    notes: list[str] = field(default_factory=list)  # how the sets were assembled: hold-out, mixing
 
     def summary(self) -> str:
-        return "\n".join(s.summary() for s in self.stats)
+        sizes = f"train: {len(self.train):,} examples; validation: "
+        sizes += f"{len(self.eval):,} examples" if self.eval is not None else "none"
+        return "\n".join([*(s.summary() for s in self.stats), *self.notes, sizes])
 
 
 Row = tuple[Origin, dict[str, Any]]
+
+
+def _bad_row(stats: DatasetStats, bad_rows: str, where: str, why: str, hint: str = "") -> None:
+    """Fail on a bad row, or count it (and remember the first) when skipping."""
+    if bad_rows == "fail":
+        raise DataError(f"{where}: {why}{hint}; set data.bad_rows=skip to skip such rows")
+    stats.skipped += 1
+    stats.first_bad = stats.first_bad or f"{where}: {why}"
 
 
 def canonical_rows(spec: DatasetSpec, bad_rows: str, stats: DatasetStats) -> list[Row]:
@@ -66,16 +93,19 @@ def canonical_rows(spec: DatasetSpec, bad_rows: str, stats: DatasetStats) -> lis
             try:
                 out.append((origin, fmt.convert(_map_columns(row, spec.columns))))
             except RowError as err:
-                if bad_rows == "fail":
-                    raise DataError(f"{origin}: {err} (format {spec.format}; set data.bad_rows=skip to skip "
-                                    f"bad rows)") from None
-                stats.skipped += 1
+                _bad_row(stats, bad_rows, str(origin), str(err), f" (format {spec.format})")
     except DataSourceError as err:
         raise DataError(str(err)) from None
     if not out:
-        raise DataError(f"{spec.path}: no usable rows")
+        raise DataError(_nothing_left(stats, "no rows"))
     stats.rows = len(out)
     return out
+
+
+def _nothing_left(stats: DatasetStats, what: str) -> str:
+    if stats.skipped:
+        return f"{stats.name}: every row was bad ({stats.skipped:,} skipped); the first: {stats.first_bad}"
+    return f"{stats.name}: {what}"
 
 
 def _map_columns(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
@@ -84,7 +114,7 @@ def _map_columns(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]
     mapped = dict(row)
     for field_name, column in columns.items():
         if column not in row:
-            raise RowError(f"missing column {column!r} (mapped to {field_name!r}); columns: {', '.join(row)}")
+            raise RowError(f"missing column {column!r} (mapped to {field_name!r}); columns: {', '.join(map(str, row))}")
         mapped[field_name] = row[column]
     return mapped
 
@@ -113,14 +143,18 @@ def truncate(tokens: dict[str, list[int]], max_length: int, policy: str) -> dict
 
 def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: list[Row], data: DataSection,
                   loss_on: str, stats: DatasetStats) -> list[dict[str, list[int]]]:
+    """Tokenized, truncated examples; counts truncated and dropped rows into `stats`."""
+    if not getattr(tokenizer, "chat_template", None) and any("messages" in row for _, row in rows):
+        # A setup problem, not a bad row: say it once instead of for every row.
+        raise DataError(f"{stats.name}: the rows are conversations, but the tokenizer has no chat template; set "
+                        "model.chat_template (chatml, llama3, mistral, gemma, phi3, alpaca, completion or a "
+                        ".jinja file)")
     out = []
     for origin, row in rows:
         try:
             tokens = tokenize_example(tokenizer, row, loss_on)
         except ValueError as err:  # the template cannot render this row, or it has nothing to train on
-            if data.bad_rows == "fail":
-                raise DataError(f"{origin}: {err}") from None
-            stats.skipped += 1
+            _bad_row(stats, data.bad_rows, str(origin), str(err))
             continue
         kept = truncate(tokens, data.max_length, data.truncation)
         if kept is None or all(label == -100 for label in kept["labels"]):
@@ -129,49 +163,112 @@ def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: list[Row], data: Dat
         stats.truncated += len(kept["input_ids"]) < len(tokens["input_ids"])
         stats.lengths.append(len(kept["input_ids"]))
         out.append(kept)
+    stats.rows = len(out) + stats.dropped
+    if not out:
+        raise DataError(_nothing_left(stats, f"all {stats.rows:,} rows were dropped at data.max_length="
+                                      f"{data.max_length} (nothing left to train on); raise data.max_length"))
     return out
 
 
-def _split(rows: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    if fraction <= 0:
-        return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(len(rows) * fraction))
-    held = set(order[:n_eval])
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+def to_dataset(rows: list[dict[str, Any]], name: str) -> Dataset:
+    """A datasets.Dataset of `rows`; every field any row has becomes a column (None where absent)."""
+    import datasets
+    import pyarrow as pa
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    try:
+        return datasets.Dataset.from_dict({c: [row.get(c) for row in rows] for c in columns})
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as err:
+        raise DataError(f"{name}: rows do not share one type per field (e.g. 'prompt' is text in some rows and "
+                        f"a list of messages in others); use one kind throughout. ({err})") from None
+
+
+def _lengths(dataset: Dataset) -> list[int]:
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.data.column("input_ids")).to_pylist()
+
+
+def load_one(spec: DatasetSpec, name: str, data: DataSection, tokenizer: PreTrainedTokenizerBase,
+             form: str, loss_on: str) -> tuple[Dataset, DatasetStats]:
+    """One dataset, ready to assemble: from the cache when it has it, else read and tokenized now."""
+    stats = DatasetStats(name, tokenized=form in TOKENIZED_FORMS)
+    key = cache.cache_key(spec, data, tokenizer, form=form, loss_on=loss_on) if stats.tokenized and data.cache else None
+    hit = cache.load(key) if key else None
+    if hit is not None:
+        dataset, meta = hit
+        for attr, value in meta["stats"].items():
+            setattr(stats, attr, value)
+        stats.cached, stats.lengths = True, _lengths(dataset)
+        return dataset, stats
+    rows = canonical_rows(spec, data.bad_rows, stats)
+    if not stats.tokenized:
+        return to_dataset([row for _, row in rows], name), stats
+    dataset = to_dataset(tokenize_rows(tokenizer, rows, data, loss_on, stats), name)
+    if key:
+        dataset = cache.store(key, dataset, {"stats": stats.to_meta(), "source": spec.path})
+    return dataset, stats
+
+
+def _concat(parts: list[Dataset], split: str) -> Dataset:
+    import datasets
+
+    try:
+        return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    except ValueError as err:
+        raise DataError(f"the {split} datasets have different fields or types and cannot be joined ({err}); "
+                        "give them the same format and kind of prompt (text or messages)") from None
+
+
+def _assemble(train: list[tuple[Dataset, DatasetStats]], data: DataSection, seed: int,
+              notes: list[str]) -> tuple[list[Dataset], list[Dataset]]:
+    """Hold out validation rows, then mix by weight; returns (train parts, held-out parts)."""
+    sets = [d for d, _ in train]
+    names = [s.name for _, s in train]
+    held: list[Dataset] = []
+    if data.validation_fraction > 0:
+        kept_idx, held_idx = mixing.holdout_indices([len(d) for d in sets], data.validation_fraction, seed)
+        held = [mixing.select(d, h) for d, h in zip(sets, held_idx) if h]
+        sets = [mixing.select(d, k) for d, k in zip(sets, kept_idx)]
+        notes.append(f"validation: {sum(map(len, held_idx)):,} train rows held out at random "
+                     f"(validation_fraction {data.validation_fraction:g}, seed {seed})")
+    weights = [spec.weight for spec in data.train]
+    if any(w is not None for w in weights):
+        if any(w is None for w in weights):
+            raise DataError("data.train: give every train dataset a weight, or none")
+        sizes = [len(d) for d in sets]
+        try:
+            picks = mixing.mix_indices(sizes, weights, seed, names)
+        except mixing.MixError as err:
+            raise DataError(str(err)) from None
+        notes.append(mixing.describe_mix(names, sizes, weights, picks))
+        sets = [mixing.select(d, p) for d, p in zip(sets, picks)]
+    for (_, stats), part in zip(train, sets):
+        stats.used = len(part)
+    return sets, held
 
 
 def prepare_data(data: DataSection, tokenizer: PreTrainedTokenizerBase, form: str, *, loss_on: str = "assistant",
                  seed: int = 42) -> PreparedData:
     """Train and validation datasets for an objective consuming `form`, with per-dataset stats."""
-    import datasets
-
-    stats: list[DatasetStats] = []
-
-    def load(specs: list[DatasetSpec], split: str) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for index, spec in enumerate(specs):
-            stat = DatasetStats(f"{split}[{index}] {spec.path}")
-            stats.append(stat)
-            canonical = canonical_rows(spec, data.bad_rows, stat)
-            if form in TOKENIZED_FORMS:
-                rows += tokenize_rows(tokenizer, canonical, data, loss_on, stat)
-            else:
-                rows += [row for _, row in canonical]
-        return rows
-
-    train = load(data.train, "train")
-    evaluation = load(data.validation, "validation")
-    if data.validation_fraction > 0:
-        train, evaluation = _split(train, data.validation_fraction, seed)
-    if not train:
-        raise DataError("no training rows left after truncation and filtering; raise data.max_length")
+    train = [load_one(spec, f"train[{i}] {spec.path}", data, tokenizer, form, loss_on)
+             for i, spec in enumerate(data.train)]
+    given = [load_one(spec, f"validation[{i}] {spec.path}", data, tokenizer, form, loss_on)
+             for i, spec in enumerate(data.validation)]
+    notes: list[str] = []
+    train_sets, held = _assemble(train, data, seed, notes)
+    for dataset, stats in given:
+        stats.used = len(dataset)
+    evaluation = [d for d, _ in given] + held
+    if not sum(map(len, train_sets)):
+        raise DataError("no training rows left after the validation split; lower data.validation_fraction "
+                        "or add data")
     return PreparedData(
-        train=datasets.Dataset.from_list(train),
-        eval=datasets.Dataset.from_list(evaluation) if evaluation else None,
-        stats=stats,
+        train=_concat(train_sets, "train"),
+        eval=_concat(evaluation, "validation") if evaluation else None,
+        stats=[s for _, s in train + given],
+        notes=notes,
     )
 
 
-__all__ = ["DataError", "DatasetStats", "Origin", "PreparedData", "prepare_data", "tokenize_example"]
+__all__ = ["DataError", "DatasetStats", "Origin", "PreparedData", "prepare_data", "tokenize_example", "truncate"]

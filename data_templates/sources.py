@@ -6,6 +6,7 @@ Rows keep where they came from (`Origin`), so a bad row is reported as `file:row
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,18 +33,23 @@ Rows = Iterator[tuple[Origin, dict[str, Any]]]
 
 
 def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: spreadsheet exports start with a byte-order mark, which is not part of the data.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DataSourceError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); "
-                              f"re-save it as UTF-8") from None
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataSourceError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}: "
+                              f"{err.reason}); re-save the file as UTF-8") from None
     if not text.strip():
         raise DataSourceError(f"{path}: the file is empty")
     return text
 
 
 def _jsonl(path: Path) -> Rows:
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters that
+    # splitlines() treats as line breaks; a trailing "\r" is whitespace to json.loads.
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -71,9 +77,15 @@ def _json(path: Path) -> Rows:
 
 
 def _csv(path: Path) -> Rows:
-    reader = csv.DictReader(_read_text(path).splitlines())
-    for number, row in enumerate(reader, start=2):  # line 1 is the header
-        yield Origin(str(path), number), dict(row)
+    # newline="" lets quoted cells span lines with their newlines kept (splitlines would drop them).
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    start = 2  # line 1 is the header
+    for row in reader:
+        if None in row:  # DictReader files surplus cells under the key None
+            raise DataSourceError(f"{path}:{start}: {len(reader.fieldnames or []) + len(row[None])} cells, "
+                                  f"but the header names {len(reader.fieldnames or [])} columns")
+        yield Origin(str(path), start), dict(row)
+        start = reader.line_num + 1
 
 
 def _parquet(path: Path) -> Rows:
@@ -92,39 +104,94 @@ READERS: dict[str, Callable[[Path], Rows]] = {
 }
 
 
+def data_files(path: Path) -> list[Path]:
+    """The files a local dataset reads, in reading order: the file itself, or a folder's data files
+    sorted by path. Hidden files and folders (.git, .ipynb_checkpoints) are not data."""
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.suffix in READERS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(path).parts))
+
+
 def _local(path: Path) -> Rows:
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in READERS and p.is_file())
-        if not files:
-            raise DataSourceError(f"{path}: folder has no {', '.join(READERS)} files")
-        for file in files:
-            yield from READERS[file.suffix](file)
-        return
-    reader = READERS.get(path.suffix)
-    if reader is None:
-        raise DataSourceError(f"{path}: unsupported file type {path.suffix!r}; use {', '.join(READERS)}")
-    yield from reader(path)
+    files = data_files(path)
+    if not files:
+        raise DataSourceError(f"{path}: folder has no {', '.join(READERS)} files")
+    for file in files:
+        reader = READERS.get(file.suffix)
+        if reader is None:
+            raise DataSourceError(f"{file}: unsupported file type {file.suffix!r}; use {', '.join(READERS)}")
+        yield from reader(file)
+
+
+def hub_label(spec: DatasetSpec) -> str:
+    """How a Hub dataset is named in messages: id, config and split, and the revision when pinned."""
+    label = spec.path + (f"({spec.name})" if spec.name else "") + f"[{spec.split}]"
+    return label + (f"@{spec.revision}" if spec.revision else "")
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline() -> bool:
+    """True when the Hub cannot be used, and then `datasets` is switched to offline mode.
+
+    Without a network, `datasets` and huggingface_hub retry for about a minute before failing.
+    One short probe decides instead: offline, a dataset in the local datasets cache still loads
+    and a missing one fails at once. `datasets` reads HF_HUB_OFFLINE when it is imported, so its
+    config is set here as well as the environment.
+    """
+    import os
+    import socket
+
+    import datasets.config
+    import huggingface_hub.constants as hub_constants
+
+    offline = (_truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("HF_DATASETS_OFFLINE"))
+               or bool(datasets.config.HF_HUB_OFFLINE) or bool(hub_constants.HF_HUB_OFFLINE))
+    if not offline:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        except OSError:
+            offline = True
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+        hub_constants.HF_HUB_OFFLINE = True
+    return offline
 
 
 def _hub(spec: DatasetSpec) -> Rows:
     import datasets
+    from datasets.exceptions import DatasetsError
 
+    offline = hub_offline()
+    label = hub_label(spec)
     try:
         ds = datasets.load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision)
-    except (ConnectionError, FileNotFoundError, OSError, ValueError) as err:
+    except (OSError, ValueError, DatasetsError) as err:
+        why = ("the Hugging Face Hub cannot be reached (offline) and the dataset is not in the local datasets "
+               "cache" if offline else "the Hugging Face Hub could not provide it (check the id, config name "
+               "and split)")
+        cause = str(err).splitlines()[0] if str(err) else ""
         raise DataSourceError(
-            f"could not load dataset {spec.path!r} (config {spec.name!r}, split {spec.split!r}): it is not a "
-            f"local path, and the Hugging Face Hub could not provide it (offline, or not a valid id). "
-            f"Download it where you have a network, or point data path at local files.\n  cause: {err}"
+            f"dataset {label}: {spec.path!r} is not a local file or folder, and {why}. Download it where you "
+            f"have a network (`hf download --repo-type dataset {spec.path}`), or point the data path at local "
+            f"files.\n  cause: {type(err).__name__}: {cause}"
         ) from None
     for index, row in enumerate(ds):
-        yield Origin(f"{spec.path}[{spec.split}]", index + 1), row
+        yield Origin(label, index + 1), row
+
+
+def is_local(spec: DatasetSpec) -> bool:
+    """An existing file or folder is read locally; anything else is taken as a Hub dataset id."""
+    return Path(spec.path).expanduser().exists()
 
 
 def read_rows(spec: DatasetSpec) -> Rows:
-    """Every raw row of the dataset, with its origin, up to `max_rows`."""
-    path = Path(spec.path).expanduser()
-    rows = _local(path) if path.exists() else _hub(spec)
+    """Every raw row of the dataset with its origin; only the first `max_rows` rows when that is set."""
+    rows = _local(Path(spec.path).expanduser()) if is_local(spec) else _hub(spec)
     for count, item in enumerate(rows):
         if spec.max_rows is not None and count >= spec.max_rows:
             return

@@ -1,0 +1,166 @@
+"""`ft data preview`: the first training examples exactly as the trainer gets them.
+
+The examples come from `finetune.pipeline.load_data`, the function that feeds the trainer, so
+the preview cannot drift from training. For sft and text data they are the trainer's rows
+themselves (`input_ids`, `labels`), with the decoded `text` added. Preference and unpaired rows
+go to the trainer as canonical text (TRL tokenizes them itself); the preview tokenizes them with
+ft's masking functions: prompt + answer, loss on the answer only. Prompt-only rows are shown as
+the generating objectives render their prompts, with no loss.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+from data_templates.masking import IGNORE_INDEX, encode_with_offsets, tokenize_prompt_completion
+from data_templates.prepare import TOKENIZED_FORMS, DataError, PreparedData
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+    from finetune.recipe.schema import RecipeBase
+
+TRAINED = "bold green"
+UNTRAINED = "dim"
+
+
+@dataclass
+class Preview:
+    recipe: RecipeBase
+    form: str  # the objective's data form
+    tokenizer: Any
+    template: str | None  # where the chat template came from
+    data: PreparedData
+    examples: list[dict[str, Any]]
+
+
+def tokens(tokenizer: Any, input_ids: list[int], labels: list[int]) -> dict[str, Any]:
+    """One sequence as the JSON preview prints it."""
+    text = tokenizer.decode(input_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return {"input_ids": list(input_ids), "labels": list(labels), "text": text}
+
+
+def _answer(tokenizer: Any, prompt: Any, answer: Any) -> dict[str, Any]:
+    example = tokenize_prompt_completion(tokenizer, prompt, answer, completion_only=True)
+    return tokens(tokenizer, example["input_ids"], example["labels"])
+
+
+def _prompt(tokenizer: Any, prompt: Any) -> dict[str, Any]:
+    """A prompt as ft's generating objectives (align.ppo, align.grpo) render it: with a chat
+    template, a text prompt becomes a user message and the template adds the generation prompt;
+    without one, the text as it is. No loss: the answers are generated during training."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    elif not isinstance(prompt, str):
+        raise ValueError("the prompts are conversations, but the tokenizer has no chat template; set "
+                         "model.chat_template")
+    ids, _ = encode_with_offsets(tokenizer, prompt)
+    return tokens(tokenizer, ids, [IGNORE_INDEX] * len(ids))
+
+
+def preview_example(tokenizer: Any, row: dict[str, Any], form: str) -> dict[str, Any]:
+    """The JSON object of one trainer row (see the module docstring for each form)."""
+    if form in TOKENIZED_FORMS:
+        return tokens(tokenizer, row["input_ids"], row["labels"])
+    if form == "preference":
+        return {"chosen": _answer(tokenizer, row["prompt"], row["chosen"]),
+                "rejected": _answer(tokenizer, row["prompt"], row["rejected"])}
+    if form == "unpaired_preference":
+        return {"completion": _answer(tokenizer, row["prompt"], row["completion"]), "label": row["label"]}
+    if form == "prompt_only":
+        return {"prompt": _prompt(tokenizer, row["prompt"]), **{k: v for k, v in row.items() if k != "prompt"}}
+    raise ValueError(f"no preview for data form {form!r}")
+
+
+def preview_examples(data: PreparedData, tokenizer: Any, form: str, n: int) -> list[dict[str, Any]]:
+    """The first `n` training rows, in the order the trainer's dataset holds them."""
+    out = []
+    for index in range(min(n, len(data.train))):
+        try:
+            out.append(preview_example(tokenizer, data.train[index], form))
+        except ValueError as err:  # only non-sft forms tokenize here; sft rows were checked already
+            raise DataError(f"train example {index + 1}: {err}") from None
+    return out
+
+
+def build_preview(recipe: RecipeBase, n: int) -> Preview:
+    """Load the tokenizer (not the model), set the template and prepare the data as `ft run` does."""
+    from finetune.models import load_tokenizer
+    from finetune.pipeline import load_data, setup_template
+    from finetune.registry import get_objective
+
+    objective = get_objective(recipe.objective.kind)
+    tokenizer = load_tokenizer(recipe.model)
+    template = setup_template(tokenizer, recipe, objective)
+    data = load_data(recipe, tokenizer, objective)
+    examples = preview_examples(data, tokenizer, objective.data_form, n)
+    return Preview(recipe, objective.data_form, tokenizer, template.source if template else None, data, examples)
+
+
+def print_json(preview: Preview, out: IO[str]) -> None:
+    """One JSON object per example, one per line."""
+    for example in preview.examples:
+        out.write(json.dumps(example, ensure_ascii=False) + "\n")
+
+
+def styled(tokenizer: Any, example: dict[str, Any]) -> Text:
+    """The example's text, trained tokens highlighted and the rest dimmed.
+
+    Runs of tokens with the same training state are decoded together, so characters that span
+    several byte-level tokens come out whole.
+    """
+    from rich.text import Text
+
+    text = Text()
+    ids, labels = example["input_ids"], example["labels"]
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or (labels[end] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
+            run = tokenizer.decode(ids[start:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            text.append(run, style=TRAINED if labels[start] != IGNORE_INDEX else UNTRAINED)
+            start = end
+    return text
+
+
+def _parts(example: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The token sequences of one preview example, with a label for each."""
+    if "input_ids" in example:
+        return [("", example)]
+    return [(f"{key}" + (f" (label {example['label']})" if key == "completion" else ""), value)
+            for key, value in example.items() if isinstance(value, dict) and "input_ids" in value]
+
+
+def print_rich(preview: Preview, console: Console | None = None) -> None:
+    """Per-dataset counts and lengths, then each example with trained tokens highlighted."""
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from data_templates.packing import packing_note
+
+    console = console or Console()
+    recipe = preview.recipe
+    console.print(Text(f"{recipe.objective.kind} on {recipe.model.name_or_path}; chat template: "
+                       f"{preview.template or 'none'}; max_length {recipe.data.max_length:,}"))
+    for line in preview.data.summary().splitlines():  # the lines `ft run` starts with
+        console.print(Text(line))
+    note = packing_note(recipe.data, recipe.model)
+    if note:
+        console.print(Text(note, style="yellow"))
+    if preview.form == "prompt_only":
+        console.print(Text("The trainer renders each prompt itself, as shown; answers are generated in training.",
+                           style="italic"))
+    elif preview.form not in TOKENIZED_FORMS:
+        console.print(Text("The trainer tokenizes these rows itself; shown as ft's masking functions tokenize "
+                           "them (prompt + answer, loss on the answer).", style="italic"))
+    console.print(Text.assemble("legend: ", ("trained", TRAINED), " / ", ("not trained", UNTRAINED)))
+    for number, example in enumerate(preview.examples, start=1):
+        for label, part in _parts(example):
+            trained = sum(label_id != IGNORE_INDEX for label_id in part["labels"])
+            name = f"example {number}" + (f" {label}" if label else "")
+            title = f"{name}: {len(part['input_ids']):,} tokens, {trained:,} trained"
+            console.print(Panel(styled(preview.tokenizer, part), title=title, title_align="left"))
