@@ -107,10 +107,45 @@ def load_model(section: ModelSection, adapter: Any, hardware: Hardware, head: st
         kwargs["quantization_config"] = quant
         # bitsandbytes quantizes while loading onto the target device.
         kwargs["device_map"] = {"": _local_device(hardware)}
+    location = model_location(section)
+    if is_adapter_dir(location):
+        raise ValueError(f"{location} is an adapter; merge it first (finetune.models.merge_adapter)")
     try:
-        return classes[head].from_pretrained(model_location(section), **kwargs)
+        return classes[head].from_pretrained(location, **kwargs)
     except OSError as err:
         raise _not_found(section, "weights", err) from None
+
+
+def is_adapter_dir(location: str) -> bool:
+    return (Path(location) / "adapter_config.json").is_file()
+
+
+def merge_adapter(adapter_dir: str, out: Path, head: str = "causal_lm") -> Path:
+    """Write `adapter_dir`'s base with the adapter merged in to `out` (model + tokenizer), once.
+
+    A LoRA run's final/ (SFT before DPO, PPO or GRPO, say) is not a model on its own. Loading it
+    with the adapter attached and adding a new adapter would save the new one against the original
+    base and silently drop the first run's training; merging in memory would leave the new adapter
+    with a base that exists nowhere on disk. A merged directory is a plain model: every adapter kind
+    (QLoRA too) trains on it, and the new adapter's saved config points at it.
+    """
+    from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    from finetune.outputs import save_dir_atomic
+
+    if (out / "config.json").is_file():
+        return out  # merged by an earlier attempt of this run (resume)
+    auto = {"causal_lm": AutoPeftModelForCausalLM, "sequence_classification": AutoPeftModelForSequenceClassification}
+    merged = auto[head].from_pretrained(adapter_dir, dtype="auto").merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+
+    def save(tmp: Path) -> None:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    save_dir_atomic(out, save)
+    return out
 
 
 def _local_device(hardware: Hardware) -> Any:

@@ -78,13 +78,21 @@ def report_data(recipe: RecipeBase, data: PreparedData, log: Any = print) -> Non
 
 
 def build_model(recipe: RecipeBase, hardware: Hardware, objective: Objective, tokenizer: PreTrainedTokenizerBase,
-                template: ResolvedTemplate | None) -> Any:
+                template: ResolvedTemplate | None, run_dir: Path) -> Any:
+    from accelerate import PartialState
+
     from finetune.adapters import apply_adapter
-    from finetune.models import load_model
+    from finetune.models import is_adapter_dir, load_model, merge_adapter, model_location
 
     # A sequence-classification head here is always a reward model: one scalar score.
     num_labels = 1 if objective.model_head == "sequence_classification" else None
-    model = load_model(recipe.model, recipe.adapter, hardware, objective.model_head, num_labels=num_labels)
+    section = recipe.model
+    if is_adapter_dir(model_location(section)):
+        # Starting from a LoRA run (sft -> dpo, say): train on its merged weights, kept in base/.
+        with PartialState().main_process_first():
+            base = merge_adapter(model_location(section), run_dir / "base", objective.model_head)
+        section = section.model_copy(update={"name_or_path": str(base)})
+    model = load_model(section, recipe.adapter, hardware, objective.model_head, num_labels=num_labels)
     new_ids: list[int] = []
     if template is not None and template.added_tokens:
         old = model.get_input_embeddings().weight.shape[0]
@@ -120,7 +128,7 @@ def run(recipe: RecipeBase, *, overwrite: bool = False, resume: bool = False,
     data = load_data(recipe, tokenizer, objective)
     if is_main_process():
         report_data(recipe, data, log)
-    model = build_model(recipe, hardware, objective, tokenizer, template)
+    model = build_model(recipe, hardware, objective, tokenizer, template, run_dir)
     metrics_path = run_dir / "metrics.jsonl"
     checkpoint = run_files.last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None and is_main_process():

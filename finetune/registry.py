@@ -85,13 +85,7 @@ def _discover() -> None:
     if _discovered:
         return
     for module in BUILTIN_OBJECTIVE_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            # An objective module not written yet is simply absent; a missing dependency
-            # *inside* a module that exists is a real error and must surface.
-            if err.name != module:
-                raise
+        importlib.import_module(module)
     for ep in entry_points(group="ft.objectives"):
         importlib.import_module(ep.value)
     _discovered = True

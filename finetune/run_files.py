@@ -5,7 +5,6 @@ Only the main process writes; every write is atomic (see `finetune.outputs`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from data_templates.chat_templates import ResolvedTemplate
     from data_templates.prepare import PreparedData
     from finetune.hardware import Hardware
-    from finetune.recipe.schema import DatasetSpec, RecipeBase
+    from finetune.recipe.schema import RecipeBase
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -84,23 +83,9 @@ def save_final(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
     return final
 
 
-def fingerprint(spec: DatasetSpec) -> str:
-    """sha256 of a local file or folder's files; the id and revision for a Hub dataset."""
-    path = Path(spec.path).expanduser()
-    if not path.exists():
-        return f"hub:{spec.path}@{spec.revision or 'main'}"
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(file.name.encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return "sha256:" + digest.hexdigest()
-
-
 def write_manifest(run_dir: Path, recipe: RecipeBase, hardware: Hardware, model: Any, data: PreparedData,
                    template: ResolvedTemplate | None, started: float) -> dict[str, Any]:
+    from data_templates.cache import content_fingerprint
     from finetune.adapters import count_parameters
 
     trainable, total = count_parameters(model)
@@ -112,7 +97,7 @@ def write_manifest(run_dir: Path, recipe: RecipeBase, hardware: Hardware, model:
         "adapter": recipe.adapter.kind,
         "base_model": recipe.model.name_or_path,
         "chat_template": template.source if template is not None else None,
-        "data": [{"path": s.path, "format": s.format, "fingerprint": fingerprint(s)}
+        "data": [{"path": s.path, "format": s.format, "fingerprint": content_fingerprint(s)}
                  for s in [*recipe.data.train, *recipe.data.validation]],
         "data_stats": [{"name": s.name, "rows": s.rows, "skipped": s.skipped, "truncated": s.truncated,
                         "dropped": s.dropped} for s in data.stats],

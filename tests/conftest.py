@@ -15,7 +15,10 @@ import tempfile
 # developer's machine. A private HF_HOME keeps tests out of the user's cache and vice versa.
 _HF_HOME = tempfile.mkdtemp(prefix="ft-tests-hf-home-")
 atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+_FT_CACHE = tempfile.mkdtemp(prefix="ft-tests-data-cache-")
+atexit.register(shutil.rmtree, _FT_CACHE, ignore_errors=True)
 os.environ.update(
+    FT_CACHE=_FT_CACHE,  # tokenized-data cache: never the user's
     HF_HUB_OFFLINE="1",
     HF_DATASETS_OFFLINE="1",
     TRANSFORMERS_OFFLINE="1",
