@@ -46,7 +46,7 @@ def merged_saver(parts: RunParts) -> Callable[[Any, str], None]:
             # Rows of tokens a template added are trainable tokens, saved as such: the full embedding is not needed.
             peft_model.save_pretrained(tmp, save_embedding_layers=False)
             # The recipe's model without quantization: same weights, dtype and head, on the CPU.
-            base = load_model(parts.recipe.model, FullAdapter(), parts.hardware, "sequence_classification",
+            base = load_model(parts.model_section, FullAdapter(), parts.hardware, "sequence_classification",
                               num_labels=1)
             if base.get_input_embeddings().weight.shape[0] != len(parts.tokenizer):
                 # Rows for tokens a template added; their trained values come from the adapter.
@@ -94,7 +94,7 @@ def _merging_trainer_class() -> type:
 def build(parts: RunParts) -> Any:
     from trl import RewardConfig
 
-    from align.dpo import require_chat_template, warn_dropped
+    from align._preference import require_chat_template, warn_dropped
 
     section: RewardSection = parts.recipe.objective  # type: ignore[assignment]
     require_chat_template(parts)

@@ -120,7 +120,7 @@ def is_adapter_dir(location: str) -> bool:
     return (Path(location) / "adapter_config.json").is_file()
 
 
-def merge_adapter(adapter_dir: str, out: Path, head: str = "causal_lm") -> Path:
+def merge_adapter(adapter_dir: str, out: Path) -> Path:
     """Write `adapter_dir`'s base with the adapter merged in to `out` (model + tokenizer), once.
 
     A LoRA run's final/ (SFT before DPO, PPO or GRPO, say) is not a model on its own. Loading it
@@ -134,10 +134,15 @@ def merge_adapter(adapter_dir: str, out: Path, head: str = "causal_lm") -> Path:
 
     from finetune.outputs import save_dir_atomic
 
+    import json
+
     if (out / "config.json").is_file():
         return out  # merged by an earlier attempt of this run (resume)
-    auto = {"causal_lm": AutoPeftModelForCausalLM, "sequence_classification": AutoPeftModelForSequenceClassification}
-    merged = auto[head].from_pretrained(adapter_dir, dtype="auto").merge_and_unload()
+    # Merge with the adapter's own head: an SFT (causal LM) adapter under a reward run is merged as a
+    # causal LM, and the reward run then puts a fresh score head on the merged weights.
+    task = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("task_type")
+    auto = AutoPeftModelForSequenceClassification if task == "SEQ_CLS" else AutoPeftModelForCausalLM
+    merged = auto.from_pretrained(adapter_dir, dtype="auto").merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
 
     def save(tmp: Path) -> None:

@@ -108,9 +108,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def plot_loss(metrics: list[dict[str, Any]], path: Path, title: str) -> bool:
     """Write the training (and validation) loss curve; False when there is nothing to plot."""
-    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
-    evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
-    if not train and not evals:
+    # Most trainers log `loss`; PPO logs its parts (`loss/policy_avg`, `loss/value_avg`) instead.
+    names = ["loss"] if any("loss" in m for m in metrics) else sorted(
+        {k for m in metrics for k in m if k.startswith("loss/")})
+    series = {name: [(m["step"], m[name]) for m in metrics if name in m] for name in names}
+    series["validation"] = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
+    series = {("train" if name == "loss" else name): points for name, points in series.items() if points}
+    if not series:
         return False
     import matplotlib
 
@@ -118,9 +122,8 @@ def plot_loss(metrics: list[dict[str, Any]], path: Path, title: str) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for points, label in ((train, "train"), (evals, "validation")):
-        if points:
-            ax.plot(*zip(*points), marker="." if len(points) < 50 else None, label=label)
+    for label, points in series.items():
+        ax.plot(*zip(*points), marker="." if len(points) < 50 else None, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)

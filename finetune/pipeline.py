@@ -18,7 +18,7 @@ from finetune.hardware import Hardware, detect
 from finetune.outputs import prepare_output_dir, write_atomic
 from finetune.quiet import quiet_library_noise
 from finetune.recipe.loader import dump_recipe
-from finetune.recipe.schema import RecipeBase
+from finetune.recipe.schema import ModelSection, RecipeBase
 from finetune.registry import Objective, get_objective
 from finetune.run_parts import RunParts, check_extra
 
@@ -77,21 +77,27 @@ def report_data(recipe: RecipeBase, data: PreparedData, log: Any = print) -> Non
         log(note)
 
 
-def build_model(recipe: RecipeBase, hardware: Hardware, objective: Objective, tokenizer: PreTrainedTokenizerBase,
-                template: ResolvedTemplate | None, run_dir: Path) -> Any:
+def base_section(recipe: RecipeBase, run_dir: Path) -> ModelSection:
+    """The model section to load: the recipe's, or, when it names a LoRA run (sft -> dpo, say), the
+    same section pointing at that run's merged weights, kept in this run's base/."""
     from accelerate import PartialState
 
+    from finetune.models import is_adapter_dir, merge_adapter, model_location
+
+    if not is_adapter_dir(model_location(recipe.model)):
+        return recipe.model
+    with PartialState().main_process_first():
+        base = merge_adapter(model_location(recipe.model), run_dir / "base")
+    return recipe.model.model_copy(update={"name_or_path": str(base)})
+
+
+def build_model(recipe: RecipeBase, section: ModelSection, hardware: Hardware, objective: Objective,
+                tokenizer: PreTrainedTokenizerBase, template: ResolvedTemplate | None) -> Any:
     from finetune.adapters import apply_adapter
-    from finetune.models import is_adapter_dir, load_model, merge_adapter, model_location
+    from finetune.models import load_model
 
     # A sequence-classification head here is always a reward model: one scalar score.
     num_labels = 1 if objective.model_head == "sequence_classification" else None
-    section = recipe.model
-    if is_adapter_dir(model_location(section)):
-        # Starting from a LoRA run (sft -> dpo, say): train on its merged weights, kept in base/.
-        with PartialState().main_process_first():
-            base = merge_adapter(model_location(section), run_dir / "base", objective.model_head)
-        section = section.model_copy(update={"name_or_path": str(base)})
     model = load_model(section, recipe.adapter, hardware, objective.model_head, num_labels=num_labels)
     new_ids: list[int] = []
     if template is not None and template.added_tokens:
@@ -128,13 +134,14 @@ def run(recipe: RecipeBase, *, overwrite: bool = False, resume: bool = False,
     data = load_data(recipe, tokenizer, objective)
     if is_main_process():
         report_data(recipe, data, log)
-    model = build_model(recipe, hardware, objective, tokenizer, template, run_dir)
+    section = base_section(recipe, run_dir)
+    model = build_model(recipe, section, hardware, objective, tokenizer, template)
     metrics_path = run_dir / "metrics.jsonl"
     checkpoint = run_files.last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None and is_main_process():
         log(f"no checkpoint under {run_dir / 'checkpoints'}; starting from the beginning")
     parts = RunParts(recipe=recipe, hardware=hardware, run_dir=run_dir, tokenizer=tokenizer, model=model,
-                     train_dataset=data.train, eval_dataset=data.eval,
+                     train_dataset=data.train, eval_dataset=data.eval, base=section,
                      callbacks=[run_files.MetricsCallback(metrics_path, resume_from=checkpoint), *(callbacks or [])])
     trainer = objective.build_trainer(parts)
     if is_main_process():

@@ -96,6 +96,8 @@ def write_manifest(run_dir: Path, recipe: RecipeBase, hardware: Hardware, model:
         "objective": recipe.objective.kind,
         "adapter": recipe.adapter.kind,
         "base_model": recipe.model.name_or_path,
+        # A LoRA run named as the model is trained on its merged weights, written to base/.
+        "merged_base": str(run_dir / "base") if (run_dir / "base" / "config.json").is_file() else None,
         "chat_template": template.source if template is not None else None,
         "data": [{"path": s.path, "format": s.format, "fingerprint": content_fingerprint(s)}
                  for s in [*recipe.data.train, *recipe.data.validation]],

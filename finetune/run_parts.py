@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune.hardware import Hardware
-from finetune.recipe.schema import RecipeBase, TrainingSection
+from finetune.recipe.schema import ModelSection, RecipeBase, TrainingSection
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
@@ -23,6 +23,13 @@ class RunParts:
     train_dataset: Any
     eval_dataset: Any | None
     callbacks: list[TrainerCallback] = field(default_factory=list)
+    # The model section the weights were loaded from: the recipe's, except that a LoRA run named as
+    # the model is replaced by its merged base/ (see finetune.models.merge_adapter).
+    base: ModelSection | None = None
+
+    @property
+    def model_section(self) -> ModelSection:
+        return self.base or self.recipe.model
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -53,10 +53,14 @@ def problems(path: Path, overrides: list[str] = ()) -> list[str]:
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_shipped_recipe_validates(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune.stages import Pipeline, load
+
     monkeypatch.chdir(ROOT)  # recipes name data relative to the repository root
-    recipe = load_recipe(path)
-    assert recipe.output_dir and recipe.description
+    spec = load(path)
+    recipes = [s.recipe for s in spec.stages] if isinstance(spec, Pipeline) else [spec]
+    assert all(r.output_dir and r.description for r in recipes)
     assert path.read_text().startswith("#"), "each recipe starts with a comment saying how to run it"
+    assert "# Run:" in path.read_text()
 
 
 def test_valid_recipe_is_typed_and_frozen(base: Path) -> None:

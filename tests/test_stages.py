@@ -12,7 +12,7 @@ import pytest
 from data_templates.prepare import DataError
 from finetune.recipe.errors import RecipeError
 from finetune.stages import Pipeline, load, run_pipeline
-from tests._runs import CHAT_DATA
+from tests._runs import CHAT_DATA, ROOT
 
 
 def write_pipeline(tmp_path: Path, model: Path, second_data: Path = CHAT_DATA) -> Path:
@@ -106,3 +106,23 @@ def test_a_failed_stage_resumes_and_finished_stages_are_skipped(tiny_models: dic
     assert all(r is not None for r in results)
     with pytest.raises(RecipeError, match="no stage named nope"):
         run_pipeline(load(path), rerun={"nope"})
+
+
+@pytest.mark.parametrize("name", ["pipeline_dpo", "pipeline_rlhf"])
+def test_shipped_pipelines_run_end_to_end_with_a_local_model(name: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only model.name_or_path is overridden (to the shipped tiny model), as the recipes promise."""
+    from finetune.generate import generate, load_for_generation
+
+    monkeypatch.chdir(ROOT)
+    pipeline = load(ROOT / "recipes" / f"{name}.yaml",
+                    ["model.name_or_path=examples/models/tiny-chat", f"output_dir={tmp_path}"])
+    results = run_pipeline(pipeline, log=lambda *_: None)
+    assert all(r is not None for r in results)
+    for stage in pipeline.stages:
+        manifest = json.loads((stage.run_dir / "manifest.json").read_text())
+        assert manifest["objective"] == stage.recipe.objective.kind
+    last = pipeline.stages[-1]
+    assert json.loads((last.run_dir / "manifest.json").read_text())["merged_base"] == str(last.run_dir / "base")
+    model, tokenizer = load_for_generation(last.run_dir)
+    assert isinstance(generate(model, tokenizer, [{"role": "user", "content": "What is 2+3?"}], 4), str)
