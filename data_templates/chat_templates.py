@@ -47,7 +47,7 @@ _UNKNOWN_ROLE = "{{- raise_exception('Unknown role: ' + message['role']) }}"
 
 _CHATML = """\
 {%- for message in messages %}
-    {%- if message['role'] not in ['system', 'user', 'assistant'] %}
+    {%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}
         """ + _UNKNOWN_ROLE + """
     {%- endif %}
     {{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}

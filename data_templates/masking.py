@@ -30,7 +30,7 @@ import jinja2
 
 LossOn = Literal["assistant", "last_assistant", "all_turns", "all"]
 IGNORE_INDEX = -100  # label for tokens with no loss, as torch's cross-entropy expects
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")  # tool results are read, never trained (but in all_turns/all)
 
 Span = tuple[int, int]  # [start, end) character offsets into the rendered text
 

@@ -203,6 +203,13 @@ def test_all_turns_without_assistant_turn_trains_the_user_text() -> None:
     assert _runs(_shipped("chatml"), CONV[:2], "all_turns") == [SYS, Q1]
 
 
+def test_tool_results_are_read_not_trained() -> None:
+    tool = [{"role": "user", "content": Q1}, {"role": "assistant", "content": "Let me check."},
+            {"role": "tool", "content": "42"}, {"role": "assistant", "content": A1}]
+    assert _runs(_shipped("chatml"), tool, "assistant") == ["Let me check.<|im_end|>", A1 + "<|im_end|>"]
+    assert _runs(_shipped("chatml"), tool, "all_turns") == [Q1, "Let me check.<|im_end|>", "42", A1 + "<|im_end|>"]
+
+
 def test_unknown_role_and_bad_content() -> None:
     tokenizer = _shipped("chatml")
     with pytest.raises(ValueError, match=r"messages\[1\]: unknown role 'bot'; expected one of system, user"):
