@@ -61,10 +61,27 @@ def _resolve_recipe(path: Path) -> Path:
     return shipped if shipped.exists() else path
 
 
-def _load(recipe: Path, overrides: list[str] | None) -> Any:
-    from finetune.recipe.loader import load_recipe
+def _stage_or_recipe(recipe: Path, overrides: list[str] | None, stage: str | None) -> Any:
+    """The recipe in RECIPE, or for a pipeline the recipe of stage `stage`."""
+    from finetune.errors import ConfigError
+    from finetune.stages import Pipeline, load
 
-    return load_recipe(_resolve_recipe(recipe), overrides or [])
+    spec = load(_resolve_recipe(recipe), overrides or [])
+    if not isinstance(spec, Pipeline):
+        if stage is not None:
+            raise ConfigError(f"--stage {stage}: {recipe} is a single recipe, not a pipeline")
+        return spec
+    names = [s.name for s in spec.stages]
+    if stage not in names:
+        raise ConfigError(f"{recipe} is a pipeline: choose a stage with --stage ({', '.join(names)})")
+    chosen = spec.stages[names.index(stage)]
+    earlier = {str(s.run_dir / "final"): s.name for s in spec.stages}
+    source = earlier.get(chosen.recipe.model.name_or_path)
+    if source is not None and not Path(chosen.recipe.model.name_or_path).exists():
+        raise ConfigError(f"stage {stage} starts from stage {source}'s output, which does not exist yet (its "
+                          f"tokenizer decides the tokens): run the pipeline first, or preview with another "
+                          f"model: stages.{stage}.model.name_or_path=PATH")
+    return chosen.recipe
 
 
 @app.command()
@@ -276,11 +293,12 @@ def data_preview(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per example, exactly as fed to "
                                           "the trainer (input_ids, labels with -100 where no loss, text); the "
                                           "dataset counts go to stderr.")] = False,
+    stage: Annotated[str | None, typer.Option(help="For a pipeline: the stage whose data to show.")] = None,
 ) -> None:
     """Show the first N training examples as the model sees them (trained tokens highlighted), with
     per-dataset counts and lengths. Loads the tokenizer, not the model."""
     with _user_errors():
-        spec = _load(recipe, overrides)
+        spec = _stage_or_recipe(recipe, overrides, stage)
         from data_templates.preview import build_preview, print_json, print_rich
 
         preview = build_preview(spec, n)

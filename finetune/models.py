@@ -28,9 +28,13 @@ def model_location(section: ModelSection) -> str:
 
 
 def _not_found(section: ModelSection, what: str, err: Exception) -> ModelNotFoundError:
+    from finetune.recipe.checks import looks_local
+
     name = section.name_or_path
     if Path(name).expanduser().is_dir():
         return ModelNotFoundError(f"model.name_or_path: {name} is a directory but its {what} could not be loaded: {err}")
+    if looks_local(name):
+        return ModelNotFoundError(f"model.name_or_path: model directory not found: {Path(name).expanduser().resolve()}")
     return ModelNotFoundError(
         f"model.name_or_path: could not find {name!r}: it is not a local directory, and it could not be "
         f"fetched from the Hugging Face Hub (offline, or not a valid id). Download it where you have a "

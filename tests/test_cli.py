@@ -86,3 +86,17 @@ def test_generate_and_chat_use_the_trained_model(tiny_models: dict[str, Path], t
     assert chat.output.count("ft> ") == 2
     missing = runner.invoke(app, ["generate", str(tmp_path), "--prompt", "x"])
     assert missing.exit_code == 2 and "no trained model here" in missing.output
+
+
+def test_data_preview_of_a_pipeline_needs_a_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    args = ["data", "preview", "recipes/pipeline_dpo.yaml", "model.name_or_path=examples/models/tiny-chat"]
+    missing = runner.invoke(app, args)
+    assert missing.exit_code == 2 and "choose a stage with --stage (sft, dpo)" in missing.output
+    pending = runner.invoke(app, [*args, "--stage", "dpo"])
+    assert pending.exit_code == 2 and "starts from stage sft's output, which does not exist yet" in pending.output
+    shown = runner.invoke(app, [*args, "--stage", "dpo", "stages.dpo.model.name_or_path=examples/models/tiny-chat",
+                                "--json", "--n", "1"])
+    assert shown.exit_code == 0, shown.output
+    row = json.loads(shown.stdout.splitlines()[0])
+    assert set(row) == {"chosen", "rejected"} and -100 in row["chosen"]["labels"]
