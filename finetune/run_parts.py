@@ -49,7 +49,9 @@ def training_kwargs(t: TrainingSection, hardware: Hardware, *, has_eval: bool) -
     eval_strategy = "no"
     if has_eval:
         eval_strategy = "steps" if t.eval_steps else "epoch"
+    optimizer = {"optim": t.optimizer} if t.optimizer else {}
     return {
+        **optimizer,
         "num_train_epochs": t.epochs,
         "max_steps": t.max_steps or -1,
         "per_device_train_batch_size": t.batch_size,
@@ -61,7 +63,6 @@ def training_kwargs(t: TrainingSection, hardware: Hardware, *, has_eval: bool) -
         "warmup_steps": t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
         "weight_decay": t.weight_decay,
         "max_grad_norm": t.max_grad_norm,
-        "optim": t.optimizer,
         "gradient_checkpointing": t.gradient_checkpointing,
         "bf16": hardware.precision == "bf16",
         "fp16": hardware.precision == "fp16",

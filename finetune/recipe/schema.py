@@ -200,7 +200,9 @@ class TrainingSection(Strict):
     warmup_steps: int = Field(0, ge=0, description="Warmup steps (wins over warmup_ratio when > 0).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    optimizer: str = Field("adamw_torch", description="transformers optimizer name.")
+    optimizer: str | None = Field(
+        None, description="transformers optimizer name (adamw_torch, adamw_8bit, ...); None: transformers' "
+        "default, the fused AdamW on recent torch.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."
