@@ -113,14 +113,20 @@ def test_report_wording_with_thousands() -> None:
 # ---- bad rows found while tokenizing ---------------------------------------------------------------
 
 def test_a_row_the_template_cannot_render_is_reported_with_file_and_row(tmp_path: Path) -> None:
+    # Mistral's template knows no tool role (ChatML renders it): that row cannot be trained on.
+    from data_templates.chat_templates import resolve_chat_template
+    from tests._tokenizers import make_tokenizer
+
+    mistral = make_tokenizer()
+    resolve_chat_template(mistral, "mistral")
     tool = {"messages": [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "{}"},
                          {"role": "assistant", "content": "Done"}]}
     path = write_jsonl(tmp_path / "d.jsonl", [*chats(2), tool])
-    with pytest.raises(DataError, match=r"d.jsonl:3: messages\[1\]: unknown role 'tool'"):
-        _prepare(section(spec(path)))
-    prepared = _prepare(section(spec(path), bad_rows="skip"))
+    with pytest.raises(DataError, match=r"d.jsonl:3: the chat template cannot render .*tool"):
+        prepare_data(section(spec(path)), mistral, "sft")
+    prepared = prepare_data(section(spec(path), bad_rows="skip"), mistral, "sft")
     assert (prepared.stats[0].rows, prepared.stats[0].skipped, len(prepared.train)) == (2, 1, 2)
-    assert f"2 rows, 1 bad rows skipped (first: {path}:3: messages[1]: unknown role 'tool'" in prepared.summary()
+    assert f"2 rows, 1 bad rows skipped (first: {path}:3: the chat template cannot render" in prepared.summary()
 
 
 def test_conversations_without_a_chat_template_are_one_clear_error(tmp_path: Path) -> None:
