@@ -154,7 +154,8 @@ def test_load_score_model_full_and_adapter(classifier_config: object, tmp_path: 
 def test_load_score_model_errors(classifier_config: object, tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    two = classifier_config.__class__.from_dict({**classifier_config.to_dict(), "num_labels": 2})
+    two = classifier_config.__class__.from_dict(classifier_config.to_dict())
+    two.num_labels = 2  # the setter rebuilds id2label, on every transformers 5.x
     AutoModelForSequenceClassification.from_config(two).save_pretrained(tmp_path / "two")
     with pytest.raises(ConfigError, match="objective.reward_model: .* has 2 outputs"):
         load_score_model(str(tmp_path / "two"), "objective.reward_model")
