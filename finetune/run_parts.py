@@ -40,7 +40,13 @@ class RunParts:
         kwargs = training_kwargs(self.recipe.training, self.hardware, has_eval=self.eval_dataset is not None)
         kwargs.update(output_dir=str(self.checkpoint_dir), seed=self.recipe.seed, data_seed=self.recipe.seed)
         kwargs.update(objective_kwargs)
-        kwargs.update(self.recipe.training.extra)  # the escape hatch wins: the user asked for it
+        clash = sorted(set(self.recipe.training.extra) & set(objective_kwargs))
+        if clash:
+            from finetune.errors import ConfigError
+
+            raise ConfigError(f"training.extra: {', '.join(clash)} set by ft from the recipe for "
+                              f"{self.recipe.objective.kind} (objective or data section); set them there")
+        kwargs.update(self.recipe.training.extra)
         return config_class(**kwargs)
 
 
@@ -79,6 +85,19 @@ def training_kwargs(t: TrainingSection, hardware: Hardware, *, has_eval: bool) -
     }
 
 
+def _managed_fields() -> dict[str, str]:
+    """TRL config fields ft fills from the recipe, and the recipe key each comes from."""
+    from finetune.hardware import Hardware
+
+    names = training_kwargs(TrainingSection(optimizer="adamw_torch"), Hardware("cpu", "fp32", ""), has_eval=True)
+    sources = {name: "the training section" for name in names}
+    sources.update(output_dir="output_dir", seed="seed", data_seed="seed", learning_rate="training.learning_rate",
+                   max_steps="training.max_steps", num_train_epochs="training.epochs",
+                   per_device_train_batch_size="training.batch_size", optim="training.optimizer",
+                   bf16="training.precision", fp16="training.precision", use_cpu="training.device")
+    return sources
+
+
 def check_extra(config_class_path: str, training: TrainingSection) -> list[str]:
     """Problems with training.extra, found by constructing the objective's TRL config class."""
     import dataclasses
@@ -89,11 +108,17 @@ def check_extra(config_class_path: str, training: TrainingSection) -> list[str]:
 
     if not training.extra:
         return []
+    from finetune.quiet import quiet_library_noise
+
+    quiet_library_noise()
     config_class = load_attr(config_class_path)
     names = [f.name for f in dataclasses.fields(config_class)]
     problems = []
+    managed = _managed_fields()
     for key in training.extra:
-        if key not in names:
+        if key in managed:
+            problems.append(f"training.extra.{key}: ft sets this from {managed[key]}; set it there")
+        elif key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             problems.append(f"training.extra.{key}: not a field of {config_class.__name__}{hint}")

@@ -100,3 +100,10 @@ def test_data_preview_of_a_pipeline_needs_a_stage(monkeypatch: pytest.MonkeyPatc
     assert shown.exit_code == 0, shown.output
     row = json.loads(shown.stdout.splitlines()[0])
     assert set(row) == {"chosen", "rejected"} and -100 in row["chosen"]["labels"]
+
+
+def test_extra_cannot_shadow_what_the_recipe_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, ["validate", "recipes/sft_lora.yaml", "training.extra={learning_rate: 1}"])
+    assert result.exit_code == 2
+    assert "training.extra.learning_rate: ft sets this from training.learning_rate; set it there" in result.output

@@ -130,3 +130,16 @@ def test_existing_output_is_refused_then_overwritten_or_resumed(tiny_models: dic
     assert (resumed.run_dir / "checkpoints" / "checkpoint-6").is_dir()
     again, _ = train(recipe, "training.max_steps=2", overwrite=True)
     assert [m["step"] for m in again.metrics if "loss" in m] == [1, 2]
+
+
+def test_extra_reaches_the_trl_config_but_cannot_override_objective_settings(tiny_models: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    from finetune.errors import ConfigError
+
+    recipe = write_recipe(tmp_path, tiny_models["llama"])
+    with pytest.raises(ConfigError, match="training.extra: packing set by ft"):
+        train(recipe, "training.extra={packing: true}")
+    result, _ = train(recipe, "training.extra={neftune_noise_alpha: 5.0}", overwrite=True)
+    args = torch.load(result.final_dir.parent / "checkpoints" / "checkpoint-6" / "training_args.bin",
+                      weights_only=False)
+    assert args.neftune_noise_alpha == 5.0
