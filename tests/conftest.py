@@ -41,6 +41,9 @@ from data_templates.chat_templates import get_template  # noqa: E402
 from finetune.tiny import build_tiny_model, build_tokenizer  # noqa: E402
 from tests._tokenizers import QWEN25_TEMPLATE  # noqa: E402
 
+# Shared fixtures of the alignment and data tests, registered for every test module.
+pytest_plugins = ["tests._align_helpers", "tests._data"]
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_DATA = ROOT / "examples" / "data" / "quickstart.jsonl"
 

@@ -13,7 +13,7 @@ from finetune.errors import ConfigError
 from finetune.pipeline import run
 from finetune.recipe.errors import RecipeError
 from finetune.recipe.loader import load_recipe
-from tests._align_helpers import align_data, align_model, metric, spy_on_trainer  # noqa: F401 (fixtures)
+from tests._align_helpers import metric, spy_on_trainer
 from tests._runs import train, write_recipe
 
 FAST = ("training.max_steps=8", "training.save_steps=8", "data.max_length=64", "objective.beta=0.5")

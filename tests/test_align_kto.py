@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from finetune.recipe.errors import RecipeError
 from finetune.recipe.loader import load_recipe
-from tests._align_helpers import align_data, align_model, metric, spy_on_trainer  # noqa: F401 (fixtures)
+from tests._align_helpers import metric, spy_on_trainer
 from tests._runs import train, write_recipe
 
 FAST = ("training.max_steps=6", "training.save_steps=6", "data.max_length=64", "objective.beta=0.5")

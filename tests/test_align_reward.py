@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tests._align_helpers import align_data, align_model, metric, spy_on_trainer, toy_pairs  # noqa: F401 (fixtures)
+from tests._align_helpers import metric, spy_on_trainer, toy_pairs
 from tests._runs import train, write_recipe
 
 FAST = ("training.max_steps=12", "training.save_steps=12", "training.eval_steps=12", "data.max_length=64",

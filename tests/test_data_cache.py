@@ -12,7 +12,7 @@ import data_templates.prepare as prepare
 from data_templates import cache
 from data_templates.chat_templates import resolve_chat_template
 from data_templates.prepare import prepare_data
-from tests._data import chatml_tokenizer, chats, data_cache, section, spec, write_jsonl  # noqa: F401
+from tests._data import chatml_tokenizer, chats, section, spec, write_jsonl
 from tests._tokenizers import make_tokenizer
 
 

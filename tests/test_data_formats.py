@@ -11,7 +11,7 @@ import pytest
 
 from data_templates.formats import FORMATS
 from data_templates.prepare import DataError, DatasetStats, canonical_rows
-from tests._data import data_cache, spec, write_jsonl  # noqa: F401  (data_cache: autouse, private cache)
+from tests._data import spec, write_jsonl
 
 U = {"role": "user", "content": "Hi"}
 A = {"role": "assistant", "content": "Hello!"}

@@ -11,7 +11,7 @@ import pytest
 
 from data_templates.packing import packing_note
 from finetune.recipe.schema import ModelSection
-from tests._data import chat_model, chats, data_cache, section, spec, write_jsonl, write_recipe  # noqa: F401
+from tests._data import chats, section, spec, write_jsonl, write_recipe
 
 
 def test_no_packing_no_note() -> None:

@@ -14,7 +14,7 @@ import pytest
 from data_templates.prepare import DataError, DatasetStats, prepare_data, tokenize_example
 from finetune.recipe.errors import RecipeError
 from finetune.recipe.loader import load_recipe
-from tests._data import chat, chatml_tokenizer, chats, data_cache, section, spec, write_jsonl  # noqa: F401
+from tests._data import chat, chatml_tokenizer, chats, section, spec, write_jsonl
 
 TOKENIZER = chatml_tokenizer()
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from data_templates.masking import IGNORE_INDEX
-from tests._data import chat_model, chats, data_cache, write_jsonl, write_recipe  # noqa: F401
+from tests._data import chats, write_jsonl, write_recipe
 
 ANSWER = "It is 5."
 

@@ -13,7 +13,7 @@ import pytest
 
 from data_templates.prepare import DataError, DatasetStats, canonical_rows
 from data_templates.sources import DataSourceError, read_rows
-from tests._data import data_cache, spec, write_jsonl  # noqa: F401  (data_cache: autouse, private cache)
+from tests._data import spec, write_jsonl
 
 ROWS = [{"prompt": "2+2=", "completion": "4"}, {"prompt": "Capital of France?", "completion": "Paris,\nof course."}]
 

@@ -176,8 +176,8 @@ def test_hub_ids_are_not_checked_offline(base: Path) -> None:
 
 def test_format_must_suit_the_objective(base: Path) -> None:
     lines = problems(base, ["data.train.0.format=preference"])
-    assert lines == [f"override 'data.train.0.format=preference'  data.train.0.format: objective 'sft' cannot "
-                     f"train on 'preference' data; use one of: text, messages, prompt_completion, alpaca, sharegpt"]
+    assert lines == ["override 'data.train.0.format=preference'  data.train.0.format: objective 'sft' cannot "
+                     "train on 'preference' data; use one of: text, messages, prompt_completion, alpaca, sharegpt"]
 
 
 def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
