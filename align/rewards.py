@@ -228,11 +228,12 @@ def load_score_model(path: str, where: str, *, dtype: str = "float32",
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from finetune.models import _go_offline_if_hub_unreachable
+    from finetune.hub import hub_offline
 
     local = Path(path).expanduser()
     kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), "trust_remote_code": trust_remote_code}
-    _go_offline_if_hub_unreachable(path)
+    if not local.exists():
+        hub_offline()
     try:
         if (local / "adapter_config.json").is_file():
             from peft import AutoPeftModelForSequenceClassification

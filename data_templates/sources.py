@@ -130,41 +130,11 @@ def hub_label(spec: DatasetSpec) -> str:
     return label + (f"@{spec.revision}" if spec.revision else "")
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def hub_offline() -> bool:
-    """True when the Hub cannot be used, and then `datasets` is switched to offline mode.
-
-    Without a network, `datasets` and huggingface_hub retry for about a minute before failing.
-    One short probe decides instead: offline, a dataset in the local datasets cache still loads
-    and a missing one fails at once. `datasets` reads HF_HUB_OFFLINE when it is imported, so its
-    config is set here as well as the environment.
-    """
-    import os
-    import socket
-
-    import datasets.config
-    import huggingface_hub.constants as hub_constants
-
-    offline = (_truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("HF_DATASETS_OFFLINE"))
-               or bool(datasets.config.HF_HUB_OFFLINE) or bool(hub_constants.HF_HUB_OFFLINE))
-    if not offline:
-        try:
-            socket.create_connection(("huggingface.co", 443), timeout=3).close()
-        except OSError:
-            offline = True
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
-        hub_constants.HF_HUB_OFFLINE = True
-    return offline
-
-
 def _hub(spec: DatasetSpec) -> Rows:
     import datasets
     from datasets.exceptions import DatasetsError
+
+    from finetune.hub import hub_offline
 
     offline = hub_offline()
     label = hub_label(spec)

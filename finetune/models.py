@@ -43,28 +43,13 @@ def _not_found(section: ModelSection, what: str, err: Exception) -> ModelNotFoun
     )
 
 
-def _go_offline_if_hub_unreachable(name: str) -> None:
-    """Without a network, huggingface_hub retries for about a minute before failing. Probe once,
-    briefly; if the Hub cannot be reached, switch to offline mode so cached models still load and
-    missing ones fail at once with our message."""
-    import os
-    import socket
-
-    if Path(name).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") == "1":
-        return
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-    except OSError:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        import huggingface_hub.constants as hub_constants
-
-        hub_constants.HF_HUB_OFFLINE = True
-
-
 def load_tokenizer(section: ModelSection) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    _go_offline_if_hub_unreachable(section.name_or_path)
+    from finetune.hub import hub_offline
+
+    if not Path(section.name_or_path).expanduser().exists():
+        hub_offline()
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_location(section), **_hub_kwargs(section))

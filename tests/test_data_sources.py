@@ -132,7 +132,7 @@ def restore_offline_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     for module, name in ((datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"),
                          (huggingface_hub.constants, "HF_HUB_OFFLINE")):
         monkeypatch.setattr(module, name, getattr(module, name))
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
 
 
