@@ -105,7 +105,7 @@ def run(
         processes = nproc or max(r.training.nproc for r in recipes)
         if processes > 1 and not in_distributed_child():
             raise typer.Exit(launch(processes, _child_args(recipe, overrides, spec, overwrite, resume, rerun)))
-        from finetune.pipeline import is_main_process
+        from finetune.outputs import is_main_process
 
         if isinstance(spec, Pipeline):
             from finetune.stages import run_pipeline
@@ -161,12 +161,13 @@ def _try_it(result: Any, spec: Any) -> str:
 def _example_prompt(spec: Any) -> str:
     """The first user message of the training data, so the suggested command shows what was learned."""
     from data_templates.formats import FORMATS, RowError
+    from data_templates.prepare import map_columns
     from data_templates.sources import DataSourceError, read_rows
 
     first = spec.data.train[0]
     try:
         _, row = next(read_rows(first))
-        example = FORMATS[first.format].convert({**row, **{f: row.get(c) for f, c in first.columns.items()}})
+        example = FORMATS[first.format].convert(map_columns(row, first.columns))
     except (StopIteration, RowError, DataSourceError):
         return "..."
     prompt = example.get("prompt")

@@ -93,13 +93,9 @@ def build(parts: RunParts) -> Any:
         truncation_mode="keep_start",
     )
     trainer = DPOTrainer(
-        model=parts.model,
         ref_model=frozen_reference(parts, precompute=args.precompute_ref_log_probs),
         args=args,
-        train_dataset=parts.train_dataset,
-        eval_dataset=parts.eval_dataset,
-        processing_class=parts.tokenizer,
-        callbacks=parts.callbacks,
+        **parts.trainer_inputs(),
     )
     use_base_as_reference(trainer)
     warn_dropped(trainer, parts, "the prompt alone fills max_length, leaving nothing to compare")

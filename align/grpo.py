@@ -158,12 +158,9 @@ def build(parts: RunParts) -> Any:
         return conversational_prompts(fit_prompts(dataset, tokenizer, data.max_length, data.truncation), tokenizer)
 
     return GRPOTrainer(
-        model=parts.model,
         reward_funcs=funcs,
         args=args,
-        train_dataset=prompts(parts.train_dataset),
-        eval_dataset=prompts(parts.eval_dataset) if parts.eval_dataset is not None else None,
-        processing_class=parts.tokenizer,
         reward_processing_classes=reward_tokenizers,
-        callbacks=parts.callbacks,
+        **parts.trainer_inputs(train_dataset=prompts(parts.train_dataset),
+                               eval_dataset=prompts(parts.eval_dataset) if parts.eval_dataset is not None else None),
     )

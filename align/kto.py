@@ -70,13 +70,9 @@ def build(parts: RunParts) -> Any:
     # shuffles: shuffle once here, or the file's order (often all good, then all bad) is the order.
     train = parts.train_dataset.shuffle(seed=parts.recipe.seed)
     trainer = KTOTrainer(
-        model=parts.model,
         ref_model=frozen_reference(parts, precompute=args.precompute_ref_log_probs),
         args=args,
-        train_dataset=train,
-        eval_dataset=parts.eval_dataset,
-        processing_class=parts.tokenizer,
-        callbacks=parts.callbacks,
+        **parts.trainer_inputs(train_dataset=train),
     )
     use_base_as_reference(trainer)
     warn_dropped(trainer, parts, "the prompt alone fills max_length, leaving nothing to score")

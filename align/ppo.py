@@ -200,8 +200,8 @@ def build(parts: RunParts) -> Any:
         **batch_settings(parts, len(train)),
     )
     return trainer_class()(
-        args=args, processing_class=tokenizer, model=parts.model, ref_model=None, reward_model=reward,
-        value_model=value, train_dataset=train, eval_dataset=evaluation, callbacks=parts.callbacks,
+        args=args, ref_model=None, reward_model=reward, value_model=value,
+        **parts.trainer_inputs(processing_class=tokenizer, train_dataset=train, eval_dataset=evaluation),
     )
 
 

@@ -104,14 +104,7 @@ def build(parts: RunParts) -> Any:
         # RewardTrainer drops (never truncates) pairs longer than this; warn_dropped reports them.
         max_length=parts.recipe.data.max_length,
     )
-    trainer = _merging_trainer_class()(
-        model=parts.model,
-        args=args,
-        train_dataset=parts.train_dataset,
-        eval_dataset=parts.eval_dataset,
-        processing_class=parts.tokenizer,
-        callbacks=parts.callbacks,
-    )
+    trainer = _merging_trainer_class()(args=args, **parts.trainer_inputs())
     trainer.save_merged = merged_saver(parts)
     warn_dropped(trainer, parts, "the prompt with its chosen or rejected answer is longer than max_length")
     return trainer

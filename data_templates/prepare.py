@@ -91,7 +91,7 @@ def canonical_rows(spec: DatasetSpec, bad_rows: str, stats: DatasetStats) -> lis
     try:
         for origin, row in read_rows(spec):
             try:
-                out.append((origin, fmt.convert(_map_columns(row, spec.columns))))
+                out.append((origin, fmt.convert(map_columns(row, spec.columns))))
             except RowError as err:
                 _bad_row(stats, bad_rows, str(origin), str(err), f" (format {spec.format})")
     except DataSourceError as err:
@@ -108,7 +108,7 @@ def _nothing_left(stats: DatasetStats, what: str) -> str:
     return f"{stats.name}: {what}"
 
 
-def _map_columns(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+def map_columns(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
     if not columns:
         return row
     mapped = dict(row)

@@ -20,6 +20,11 @@ from typing import Any
 PACKAGES = ("ft", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets")
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or the only process): the one that writes the run directory."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class OutputDirError(RuntimeError):
     """The output directory holds a previous run and the user did not ask to overwrite or resume."""
 

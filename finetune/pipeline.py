@@ -6,7 +6,6 @@ function that can be called and tested alone.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from finetune import run_files
 from finetune.errors import ConfigError
 from finetune.hardware import Hardware, detect
-from finetune.outputs import prepare_output_dir, write_atomic
+from finetune.outputs import is_main_process, prepare_output_dir, write_atomic
 from finetune.quiet import quiet_library_noise
 from finetune.recipe.loader import dump_recipe
 from finetune.recipe.schema import ModelSection, RecipeBase
@@ -35,10 +34,6 @@ class RunResult:
     final_dir: Path
     metrics: list[dict[str, Any]]
     manifest: dict[str, Any]
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def setup_template(tokenizer: PreTrainedTokenizerBase, recipe: RecipeBase, objective: Objective) -> ResolvedTemplate | None:

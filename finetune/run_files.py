@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from finetune.outputs import (
     append_jsonl,
     git_commit,
+    is_main_process,
     package_versions,
     plot_loss,
     read_jsonl,
@@ -30,10 +31,6 @@ if TYPE_CHECKING:
     from finetune.recipe.schema import RecipeBase
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def _main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -53,7 +50,7 @@ class MetricsCallback(_metrics_callback_base()):  # type: ignore[misc]
 
     def __init__(self, path: Path, resume_from: Path | None = None) -> None:
         self.path = path
-        if resume_from is not None and _main():
+        if resume_from is not None and is_main_process():
             # Steps logged after the checkpoint by the interrupted run will be trained again.
             step = int(_CHECKPOINT.match(resume_from.name).group(1))  # type: ignore[union-attr]
             kept = [m for m in read_jsonl(path) if m.get("step", 0) <= step]
@@ -71,7 +68,7 @@ def save_final(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
     # Every rank calls save_model (sharded strategies gather there); only the main process writes.
     trainer.save_model(str(staging))
     trainer.accelerator.wait_for_everyone()
-    if _main():
+    if is_main_process():
         def fill(tmp: Path) -> None:
             for item in staging.iterdir():
                 os.replace(item, tmp / item.name)
@@ -110,13 +107,13 @@ def write_manifest(run_dir: Path, recipe: RecipeBase, hardware: Hardware, model:
         "wall_time_s": round(time.time() - started, 2),
         "parameters": {"trainable": trainable, "total": total},
     }
-    if _main():
+    if is_main_process():
         write_json(run_dir / "manifest.json", manifest)
     return manifest
 
 
 def finish_metrics(run_dir: Path, recipe: RecipeBase) -> list[dict[str, Any]]:
     metrics = read_jsonl(run_dir / "metrics.jsonl")
-    if _main():
+    if is_main_process():
         plot_loss(metrics, run_dir / "loss.png", f"{recipe.objective.kind}: {Path(recipe.model.name_or_path).name}")
     return metrics

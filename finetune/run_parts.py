@@ -27,6 +27,11 @@ class RunParts:
     # the model is replaced by its merged base/ (see finetune.models.merge_adapter).
     base: ModelSection | None = None
 
+    def trainer_inputs(self, **overrides: Any) -> dict[str, Any]:
+        """What every TRL trainer takes from the run: model, data, tokenizer and callbacks."""
+        return {"model": self.model, "train_dataset": self.train_dataset, "eval_dataset": self.eval_dataset,
+                "processing_class": self.tokenizer, "callbacks": self.callbacks, **overrides}
+
     @property
     def model_section(self) -> ModelSection:
         return self.base or self.recipe.model

@@ -42,14 +42,7 @@ def build_sft_trainer(parts: RunParts, **config: Any) -> Any:
         **({"packing_strategy": "bfd"} if packing else {}),
         **config,
     )
-    return SFTTrainer(
-        model=parts.model,
-        args=args,
-        train_dataset=parts.train_dataset,
-        eval_dataset=parts.eval_dataset,
-        processing_class=parts.tokenizer,
-        callbacks=parts.callbacks,
-    )
+    return SFTTrainer(args=args, **parts.trainer_inputs())
 
 
 @objective("sft", section=SFTSection, data_form="sft", config_class="trl:SFTConfig",

@@ -189,7 +189,8 @@ def run_pipeline(pipeline: Pipeline, *, overwrite: bool = False, rerun: set[str]
                  log: Any = print) -> list[Any]:
     """Run the stages that need it, in order; returns each stage's RunResult (None when skipped)."""
     from finetune.outputs import write_atomic
-    from finetune.pipeline import is_main_process, run
+    from finetune.outputs import is_main_process
+    from finetune.pipeline import run
 
     if overwrite and is_main_process():
         shutil.rmtree(pipeline.output_dir, ignore_errors=True)
