@@ -278,6 +278,16 @@ def list_recipes() -> None:
         typer.echo(f"{path.stem:<18} {description}")
 
 
+@app.command("objectives")
+def list_objectives() -> None:
+    """List the objectives (objective.kind), the data format each reads, and what it trains."""
+    from data_templates.formats import formats_for
+    from finetune.registry import objectives
+
+    for kind, spec in objectives().items():
+        typer.echo(f"{kind:<10} {spec.description}\n{'':<10} data: {', '.join(formats_for(spec.data_form))}")
+
+
 @app.command()
 def schema() -> None:
     """Print the recipe's JSON schema (for editor completion)."""

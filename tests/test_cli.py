@@ -53,6 +53,15 @@ def test_recipes_lists_every_shipped_recipe_with_a_description() -> None:
     assert any(line.startswith("quickstart") for line in lines)
 
 
+def test_objectives_lists_every_registered_kind_with_its_formats() -> None:
+    result = runner.invoke(app, ["objectives"])
+    assert result.exit_code == 0
+    kinds = [line.split()[0] for line in result.output.splitlines() if not line.startswith(" ")]
+    assert kinds == ["sft", "pretrain", "dpo", "reward", "kto", "ppo", "grpo"]
+    assert "data: preference" in result.output and "data: prompt_only" in result.output
+    assert "torch" not in _modules_after("objectives")
+
+
 def test_schema_is_json_with_the_fixed_keys() -> None:
     result = runner.invoke(app, ["schema"])
     schema = json.loads(result.output)
