@@ -39,13 +39,13 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Known user errors print their message (no traceback) and exit 2."""
-    from finetune.errors import USER_ERRORS
+    """User errors (every `FtError`) print their message, no traceback, and exit with its code."""
+    from finetune.errors import FtError
 
     try:
         yield
-    except USER_ERRORS as err:
-        _fail(f"error: {err}" if not _is_recipe_error(err) else str(err))
+    except FtError as err:
+        _fail(f"error: {err}" if not _is_recipe_error(err) else str(err), err.exit_code)
 
 
 def _is_recipe_error(err: Exception) -> bool:

@@ -5,10 +5,10 @@ Both trainers follow the same design in TRL 1.12, so both objectives use these.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from finetune.errors import ConfigError
+from finetune.notices import notice
 from finetune.recipe.schema import RecipeBase
 from finetune.run_parts import RunParts
 
@@ -78,5 +78,5 @@ def warn_dropped(trainer: Any, parts: RunParts, why: str) -> None:
             continue
         dropped = len(before) - len(after)
         if dropped > 0:
-            warnings.warn(f"{dropped} of {len(before)} {name} rows dropped: {why}; raise data.max_length "
-                          f"(now {parts.recipe.data.max_length}) to keep them", UserWarning, stacklevel=2)
+            notice(f"{dropped} of {len(before)} {name} rows dropped: {why}; raise data.max_length "
+                   f"(now {parts.recipe.data.max_length}) to keep them")

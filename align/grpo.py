@@ -9,13 +9,13 @@ reach every reward function as keyword arguments.
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from align.rewards import CustomReward, RewardModelReward, RewardSpec
 from finetune.errors import ConfigError
+from finetune.notices import notice
 from finetune.recipe.schema import ObjectiveSection
 from finetune.registry import objective
 from finetune.run_parts import RunParts
@@ -67,8 +67,8 @@ def fit_prompts(dataset: Any, tokenizer: PreTrainedTokenizerBase, max_length: in
     if not long:
         return dataset
     if truncation != "drop":
-        warnings.warn(f"{len(long)} prompts are longer than data.max_length={max_length} tokens and are used whole "
-                      f"(GRPO does not truncate prompts); set data.truncation=drop to leave them out", stacklevel=2)
+        notice(f"{len(long)} prompts are longer than data.max_length={max_length} tokens and are used whole "
+               f"(GRPO does not truncate prompts); set data.truncation=drop to leave them out")
         return dataset
     if len(long) == len(dataset):
         raise ConfigError(f"data: every prompt is longer than data.max_length={max_length}; raise it")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from finetune.errors import ConfigError
+from finetune.notices import notice
 from finetune.recipe.schema import ObjectiveSection
 from finetune.registry import objective
 from finetune.run_parts import RunParts
@@ -77,8 +78,8 @@ def tokenize_prompts(dataset: Any, tokenizer: PreTrainedTokenizerBase, max_lengt
         cut += len(kept["input_ids"]) < len(ids)
         rows.append(kept["input_ids"])
     if cut or len(rows) < len(dataset):
-        warnings.warn(f"{cut} prompts truncated and {len(dataset) - len(rows)} dropped at data.max_length="
-                      f"{max_length}; raise data.max_length to keep them whole", stacklevel=2)
+        notice(f"{cut} prompts truncated and {len(dataset) - len(rows)} dropped at data.max_length="
+               f"{max_length}; raise data.max_length to keep them whole")
     return datasets.Dataset.from_dict({"input_ids": rows})
 
 

@@ -62,7 +62,9 @@ def merged_saver(parts: RunParts) -> Callable[[Any, str], None]:
 def _quiet_new_head() -> contextlib.AbstractContextManager[Any]:
     """Silence "score.weight newly initialized" on the reload: the adapter's trained head replaces it."""
     try:
-        from trl.trainer.reward_trainer import suppress_seqcls_warning  # not public API; absent is harmless
+        from trl.trainer.reward_trainer import (
+            suppress_seqcls_warning,  # not public API; absent is harmless
+        )
     except ImportError:
         return contextlib.nullcontext()
     return suppress_seqcls_warning()

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from data_templates.sources import data_files, is_local
+from finetune.notices import notice
 from finetune.recipe.schema import DataSection, DatasetSpec
 
 if TYPE_CHECKING:
@@ -125,7 +125,11 @@ def cache_key(spec: DatasetSpec, data: DataSection, tokenizer: PreTrainedTokeniz
 @contextmanager
 def _quiet() -> Iterator[None]:
     """No progress bar for saving: a run's first lines are its data report."""
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from datasets.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     was_disabled = are_progress_bars_disabled()
     disable_progress_bars()
@@ -147,7 +151,7 @@ def load(key: str) -> tuple[Dataset, dict[str, Any]] | None:
         meta = json.loads((entry / _META).read_text(encoding="utf-8"))
         return load_from_disk(str(entry / "data")), meta
     except (OSError, ValueError) as err:
-        warnings.warn(f"data cache entry {entry} is unreadable ({err}); tokenizing again", stacklevel=2)
+        notice(f"data cache entry {entry} is unreadable ({err}); tokenizing again")
         return None
 
 
@@ -176,8 +180,8 @@ def store(key: str, dataset: Dataset, meta: dict[str, Any]) -> Dataset:
             # Another process stored the same key first; its entry is as good as ours.
         return load_from_disk(str(entry / "data"))
     except OSError as err:
-        warnings.warn(f"could not write the data cache under {root} ({err}); continuing without it. "
-                      f"Set {CACHE_ENV} to a writable folder, or data.cache: false", stacklevel=2)
+        notice(f"could not write the data cache under {root} ({err}); continuing without it. "
+               f"Set {CACHE_ENV} to a writable folder, or data.cache: false")
         return dataset
     finally:
         if tmp is not None and tmp.exists():

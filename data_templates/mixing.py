@@ -13,8 +13,10 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from finetune.errors import FtError
 
-class MixError(ValueError):
+
+class MixError(FtError, ValueError):
     """Weights that cannot be applied; the message says which dataset and why."""
 
 

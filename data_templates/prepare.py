@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from data_templates import cache, mixing
 from data_templates.formats import FORMATS, RowError
 from data_templates.sources import DataSourceError, Origin, read_rows
+from finetune.errors import FtError
 from finetune.recipe.schema import DataSection, DatasetSpec
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 TOKENIZED_FORMS = ("sft", "text")  # forms ft tokenizes itself, with exact masks
 
 
-class DataError(ValueError):
+class DataError(FtError, ValueError):
     """Bad data: the message names the file and row."""
 
 
@@ -121,7 +122,11 @@ def map_columns(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
 
 def tokenize_example(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], loss_on: str) -> dict[str, list[int]]:
     """input_ids and labels (-100 where no loss) for one canonical sft/text example."""
-    from data_templates.masking import tokenize_conversation, tokenize_prompt_completion, tokenize_text
+    from data_templates.masking import (
+        tokenize_conversation,
+        tokenize_prompt_completion,
+        tokenize_text,
+    )
 
     if "messages" in example:
         return tokenize_conversation(tokenizer, example["messages"], loss_on)

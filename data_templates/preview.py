@@ -14,7 +14,11 @@ import json
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from data_templates.masking import IGNORE_INDEX, encode_with_offsets, tokenize_prompt_completion
+from data_templates.masking import (
+    IGNORE_INDEX,
+    encode_with_offsets,
+    tokenize_prompt_completion,
+)
 from data_templates.prepare import TOKENIZED_FORMS, DataError, PreparedData
 
 if TYPE_CHECKING:

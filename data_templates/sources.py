@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune.errors import FtError
 from finetune.recipe.schema import DatasetSpec
 
 
-class DataSourceError(ValueError):
+class DataSourceError(FtError, ValueError):
     """A data file or dataset could not be read; the message names it and says why."""
 
 

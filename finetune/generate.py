@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from finetune.errors import FtError
 
-class RunNotFoundError(FileNotFoundError):
+
+class RunNotFoundError(FtError, FileNotFoundError):
     """The path is not a run directory (or a final/ directory) ft can load."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 LAUNCHED_ENV = "FT_LAUNCHED"  # set for the children of `ft run --nproc N`, so they do not launch again
 
@@ -17,14 +18,30 @@ def in_distributed_child() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get(LAUNCHED_ENV) == "1"
 
 
+def ft_executable() -> str:
+    """The installed `ft` entry point of this environment. Children run it, never `python -m cli`,
+    which would run whatever `cli.py` happens to sit in the current directory."""
+    import shutil
+
+    beside = Path(sys.executable).with_name("ft")
+    found = str(beside) if beside.is_file() else shutil.which("ft")
+    if found is None:
+        from finetune.errors import ConfigError
+
+        raise ConfigError("--nproc: the `ft` command is not installed in this environment "
+                          f"({sys.executable}); install ft with pip (`pip install -e .`) to launch processes")
+    return found
+
+
 def launch_command(nproc: int, cli_args: list[str], use_gpu: bool) -> list[str]:
     """The command that reruns `ft <cli_args>` in `nproc` processes."""
+    ft = ft_executable()
     if use_gpu:
         return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--module", "cli", *cli_args]
+                "--no_python", ft, *cli_args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "cli", *cli_args]
+            "--no-python", ft, *cli_args]
 
 
 def launch(nproc: int, cli_args: list[str]) -> int:

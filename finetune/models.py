@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune.errors import FtError
 from finetune.hardware import Hardware, resolve_dtype
 from finetune.recipe.schema import ModelSection, QLoraAdapter
 
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(FtError):
     """The model or tokenizer could not be found locally nor fetched from the Hub."""
 
 
@@ -118,12 +119,12 @@ def merge_adapter(adapter_dir: str, out: Path) -> Path:
     with a base that exists nowhere on disk. A merged directory is a plain model: every adapter kind
     (QLoRA too) trains on it, and the new adapter's saved config points at it.
     """
+    import json
+
     from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
     from transformers import AutoTokenizer
 
     from finetune.outputs import save_dir_atomic
-
-    import json
 
     if (out / "config.json").is_file():
         return out  # merged by an earlier attempt of this run (resume)

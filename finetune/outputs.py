@@ -17,7 +17,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("ft", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets")
+from finetune.errors import FtError
+
+PACKAGES = ("ft-toolkit", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets")
 
 
 def is_main_process() -> bool:
@@ -25,7 +27,7 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-class OutputDirError(RuntimeError):
+class OutputDirError(FtError):
     """The output directory holds a previous run and the user did not ask to overwrite or resume."""
 
 

@@ -7,6 +7,7 @@ function that can be called and tested alone.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from finetune import run_files
 from finetune.errors import ConfigError
 from finetune.hardware import Hardware, detect
+from finetune.notices import Sink, notice, notices_to
 from finetune.outputs import is_main_process, prepare_output_dir, write_atomic
 from finetune.quiet import quiet_library_noise
 from finetune.recipe.loader import dump_recipe
@@ -61,15 +63,15 @@ def load_data(recipe: RecipeBase, tokenizer: PreTrainedTokenizerBase, objective:
                             loss_on=recipe.objective.loss_policy(), seed=recipe.seed)
 
 
-def report_data(recipe: RecipeBase, data: PreparedData, log: Any = print) -> None:
+def report_data(recipe: RecipeBase, data: PreparedData) -> None:
     """Before training, say what the data is: per dataset its rows, bad rows, truncation counts and
     lengths; how the sets were assembled; and, with packing, what packing does to attention."""
     from data_templates.packing import packing_note
 
-    log(data.summary())
+    notice(data.summary())
     note = packing_note(recipe.data, recipe.model)
     if note:
-        log(note)
+        notice(note)
 
 
 def base_section(recipe: RecipeBase, run_dir: Path) -> ModelSection:
@@ -106,8 +108,14 @@ def build_model(recipe: RecipeBase, section: ModelSection, hardware: Hardware, o
 
 
 def run(recipe: RecipeBase, *, overwrite: bool = False, resume: bool = False,
-        callbacks: list[Any] | None = None, log: Any = print) -> RunResult:
-    """Train `recipe` and write its run directory; returns where everything went."""
+        callbacks: list[Any] | None = None, log: Sink | None = None) -> RunResult:
+    """Train `recipe` and write its run directory; returns where everything went. Notices (data
+    counts, truncation, ...) go to `log` when given, else to the current notice channel."""
+    with notices_to(log) if log else nullcontext():
+        return _run(recipe, overwrite=overwrite, resume=resume, callbacks=callbacks)
+
+
+def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[Any] | None) -> RunResult:
     from transformers import set_seed
 
     started = time.time()
@@ -128,13 +136,13 @@ def run(recipe: RecipeBase, *, overwrite: bool = False, resume: bool = False,
     template = setup_template(tokenizer, recipe, objective)
     data = load_data(recipe, tokenizer, objective)
     if is_main_process():
-        report_data(recipe, data, log)
+        report_data(recipe, data)
     section = base_section(recipe, run_dir)
     model = build_model(recipe, section, hardware, objective, tokenizer, template)
     metrics_path = run_dir / "metrics.jsonl"
     checkpoint = run_files.last_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None and is_main_process():
-        log(f"no checkpoint under {run_dir / 'checkpoints'}; starting from the beginning")
+    if resume and checkpoint is None:
+        notice(f"no checkpoint under {run_dir / 'checkpoints'}; starting from the beginning")
     parts = RunParts(recipe=recipe, hardware=hardware, run_dir=run_dir, tokenizer=tokenizer, model=model,
                      train_dataset=data.train, eval_dataset=data.eval, base=section,
                      callbacks=[run_files.MetricsCallback(metrics_path, resume_from=checkpoint), *(callbacks or [])])

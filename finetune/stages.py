@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import re
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from finetune.notices import Sink, notice, notices_to
 from finetune.recipe.errors import Problem, RecipeError, Source
 from finetune.recipe.loader import merge_recipes, read_with_extends, validate_raw
 from finetune.recipe.schema import RecipeBase
@@ -186,10 +188,15 @@ def plan(pipeline: Pipeline, rerun: set[str]) -> list[tuple[Stage, bool]]:
 
 
 def run_pipeline(pipeline: Pipeline, *, overwrite: bool = False, rerun: set[str] = frozenset(),
-                 log: Any = print) -> list[Any]:
-    """Run the stages that need it, in order; returns each stage's RunResult (None when skipped)."""
-    from finetune.outputs import write_atomic
-    from finetune.outputs import is_main_process
+                 log: Sink | None = None) -> list[Any]:
+    """Run the stages that need it, in order; returns each stage's RunResult (None when skipped).
+    Notices go to `log` when given, else to the current notice channel."""
+    with notices_to(log) if log else nullcontext():
+        return _run_stages(pipeline, overwrite=overwrite, rerun=rerun)
+
+
+def _run_stages(pipeline: Pipeline, *, overwrite: bool, rerun: set[str]) -> list[Any]:
+    from finetune.outputs import is_main_process, write_atomic
     from finetune.pipeline import run
 
     if overwrite and is_main_process():
@@ -202,12 +209,12 @@ def run_pipeline(pipeline: Pipeline, *, overwrite: bool = False, rerun: set[str]
     results = []
     for stage, needed in steps:
         if not needed:
-            log(f"stage {stage.name}: already finished in {stage.run_dir}; skipped (--rerun {stage.name} to redo)")
+            notice(f"stage {stage.name}: already finished in {stage.run_dir}; skipped (--rerun {stage.name} to redo)")
             results.append(None)
             continue
-        log(f"stage {stage.name}: {stage.recipe.objective.kind} -> {stage.run_dir}")
+        notice(f"stage {stage.name}: {stage.recipe.objective.kind} -> {stage.run_dir}")
         redo = stage.finished()  # finished, but asked to redo (or an earlier stage changed)
         # A stage that failed part-way continues from its last checkpoint.
         partial = not redo and stage.run_dir.is_dir() and any(stage.run_dir.iterdir())
-        results.append(run(stage.recipe, overwrite=redo, resume=partial, log=log))
+        results.append(run(stage.recipe, overwrite=redo, resume=partial))
     return results

@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # heavy imports stay lazy: the CLI imports this module on every invocation
-    from transformers import PretrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+    from transformers import (
+        PretrainedConfig,
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+    )
 
 # Bytes (256) plus a handful of specials is the floor for a byte-level BPE vocabulary.
 _MIN_VOCAB = 256 + 16

@@ -69,5 +69,5 @@ class Snapshot(TrainerCallback):
 
 def train(recipe_path: Path, *overrides: str, **kwargs: Any) -> tuple[RunResult, Snapshot]:
     snapshot = Snapshot()
-    result = run(load_recipe(recipe_path, list(overrides)), callbacks=[snapshot], log=lambda *_: None, **kwargs)
+    result = run(load_recipe(recipe_path, list(overrides)), callbacks=[snapshot], **kwargs)
     return result, snapshot

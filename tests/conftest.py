@@ -32,7 +32,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json  # noqa: E402  (the environment above must be set before these imports)
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -45,6 +45,16 @@ from tests._tokenizers import QWEN25_TEMPLATE  # noqa: E402
 pytest_plugins = ["tests._align_helpers", "tests._data"]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def notices() -> Iterator[list[str]]:
+    """The notices (finetune.notices) sent to the user during the test."""
+    from finetune.notices import notices_to
+
+    seen: list[str] = []
+    with notices_to(seen.append):
+        yield seen
 QUICKSTART_DATA = ROOT / "examples" / "data" / "quickstart.jsonl"
 
 # Raw text for continued pretraining; also part of the tokenizer corpus.

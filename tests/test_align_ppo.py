@@ -173,7 +173,7 @@ def test_ppo_from_a_lora_sft_run(tiny_models: dict[str, Path], reward_model: Pat
         assert torch.allclose(reloaded(ids).logits, trained(input_ids=ids).logits, atol=1e-5)
 
 
-def test_prompts_are_rendered_with_the_generation_prompt(tiny_models: dict[str, Path]) -> None:
+def test_prompts_are_rendered_with_the_generation_prompt(tiny_models: dict[str, Path], notices: list[str]) -> None:
     from datasets import Dataset
     from transformers import AutoTokenizer
 
@@ -188,6 +188,6 @@ def test_prompts_are_rendered_with_the_generation_prompt(tiny_models: dict[str, 
                                           {"role": "user", "content": "What is 4+4?"}]}])
     assert tokenizer.decode(tokenize_prompts(chat, tokenizer, 64, "keep_end")[0]["input_ids"]).startswith(
         "<|im_start|>system\nBe brief.<|im_end|>")
-    with pytest.warns(UserWarning, match="1 prompts truncated"):
-        short = tokenize_prompts(text, tokenizer, 6, "keep_end")
+    short = tokenize_prompts(text, tokenizer, 6, "keep_end")
+    assert any("1 prompts truncated" in message for message in notices)
     assert tokenizer.decode(short[0]["input_ids"]).endswith("<|im_start|>assistant\n")  # the end is kept

@@ -38,7 +38,7 @@ def test_two_ranks_see_disjoint_shards_and_end_identical(tiny_models: dict[str, 
 
 def test_ft_run_nproc_2_writes_one_complete_run(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, tiny_models["llama"])
-    cmd = [sys.executable, "-m", "cli", "run", str(recipe), "--nproc", "2", *OVERRIDES]
+    cmd = [str(Path(sys.executable).with_name("ft")), "run", str(recipe), "--nproc", "2", *OVERRIDES]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "run"

@@ -38,7 +38,7 @@ def test_lora_trains_only_adapters_and_the_run_directory_is_complete(tiny_models
     assert losses[-1]["loss"] < losses[0]["loss"]
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    for package in ("ft", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes"):
+    for package in ("ft-toolkit", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes"):
         assert manifest["versions"][package]
     assert manifest["seed"] == 0 and manifest["device"] == "cpu" and manifest["wall_time_s"] > 0
     assert manifest["data"][0]["fingerprint"].startswith("sha256:")

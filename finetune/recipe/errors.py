@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from finetune.errors import FtError
+
 
 @dataclass(frozen=True)
 class Source:
@@ -27,7 +29,7 @@ class Problem:
         return f"{self.source}  {where}{self.message}"
 
 
-class RecipeError(Exception):
+class RecipeError(FtError):
     """One or more problems with a recipe. `str()` lists every problem, one per line."""
 
     def __init__(self, problems: list[Problem]) -> None:

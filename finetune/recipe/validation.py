@@ -17,7 +17,6 @@ from pydantic import BaseModel, ValidationError
 from finetune.recipe.errors import Problem, Source, join_path
 from finetune.recipe.yaml_source import KeyPath, Positions
 
-
 # Names users bring from TRL, PEFT, transformers, axolotl and LLaMA-Factory configs; spelling
 # distance alone would not find `r` for `rank`.
 ALIASES = {
