@@ -149,9 +149,10 @@ def _finished_message(result: Any, spec: Any) -> str:
 
 
 def _try_it(result: Any, spec: Any) -> str:
+    from finetune.model_kinds import model_kind
     from finetune.registry import get_objective
 
-    if get_objective(spec.objective.kind).model_head == "sequence_classification":
+    if not model_kind(get_objective(spec.objective.kind).model_head).generates:
         return (f"It is a reward model: final/ loads with AutoModelForSequenceClassification; use it as\n"
                 f"  objective.reward_model={result.final_dir} in a ppo or grpo recipe")
     return (f"Try it:\n  ft generate {result.run_dir} --prompt {json.dumps(_example_prompt(spec))}\n"

@@ -52,15 +52,13 @@ class PPOSection(ObjectiveSection):
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> list[int]:
-    """Token ids of a prompt followed by the assistant's generation prompt (or the plain text for a
-    model without a chat template: it continues the text, as it was trained to)."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template wrote any bos itself
-    if not isinstance(prompt, str):
-        raise ConfigError("data: conversational prompts need a chat template; set model.chat_template")
-    return tokenizer(prompt)["input_ids"]
+    """Token ids of a prompt as the policy answers it (data_templates.masking.prompt_ids)."""
+    from data_templates.masking import prompt_ids
+
+    try:
+        return prompt_ids(tokenizer, prompt)
+    except ValueError as err:
+        raise ConfigError(f"data: {err}") from None
 
 
 def tokenize_prompts(dataset: Any, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: str) -> Any:

@@ -38,9 +38,7 @@ def merged_saver(parts: RunParts) -> Callable[[Any, str], None]:
     """save(peft_model, out_dir): write base + adapter merged, as one sequence-classification model."""
 
     def save(peft_model: Any, out_dir: str) -> None:
-        from peft import PeftModel
-
-        from finetune.models import load_model
+        from finetune.models import attach_adapter, load_model
 
         with tempfile.TemporaryDirectory() as tmp, _quiet_new_head():
             # Rows of tokens a template added are trainable tokens, saved as such: the full embedding is not needed.
@@ -48,10 +46,7 @@ def merged_saver(parts: RunParts) -> Callable[[Any, str], None]:
             # The recipe's model without quantization: same weights, dtype and head, on the CPU.
             base = load_model(parts.model_section, FullAdapter(), parts.hardware, "sequence_classification",
                               num_labels=1)
-            if base.get_input_embeddings().weight.shape[0] != len(parts.tokenizer):
-                # Rows for tokens a template added; their trained values come from the adapter.
-                base.resize_token_embeddings(len(parts.tokenizer), mean_resizing=False)
-            merged = PeftModel.from_pretrained(base, tmp).merge_and_unload()
+            merged = attach_adapter(base, tmp, vocab_size=len(parts.tokenizer), merge=True)
         # Sequence classification scores the last non-pad token: a reloaded model must know the pad id.
         merged.config.pad_token_id = parts.tokenizer.pad_token_id
         merged.save_pretrained(out_dir)

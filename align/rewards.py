@@ -226,24 +226,22 @@ def load_score_model(path: str, where: str, *, dtype: str = "float32",
     `score` head directly, which a PEFT wrapper would hide.
     """
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     from finetune.hub import hub_offline
+    from finetune.model_kinds import model_kind
+    from finetune.models import load_trained
 
     local = Path(path).expanduser()
     kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), "trust_remote_code": trust_remote_code}
     if not local.exists():
         hub_offline()
     try:
-        if (local / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForSequenceClassification
-
-            # The base config is a causal LM's (num_labels defaults to 2); the saved head has one row.
-            model = AutoPeftModelForSequenceClassification.from_pretrained(str(local.resolve()), num_labels=1,
-                                                                           **kwargs).merge_and_unload()
+        if local.exists():
+            # The base of an adapter has a causal LM's config (num_labels 2); the saved head has one row.
+            model, _ = load_trained(local.resolve(), kind="sequence_classification", dtype=dtype, merge=True,
+                                    num_labels=1, trust_remote_code=trust_remote_code, with_tokenizer=False)
         else:
-            location = str(local.resolve()) if local.exists() else path
-            model = AutoModelForSequenceClassification.from_pretrained(location, **kwargs)
+            model = model_kind("sequence_classification").auto().from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise ConfigError(f"{where}: cannot load a sequence-classification model from {path!r}: "
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None

@@ -147,20 +147,47 @@ def _adds_bos(tokenizer: Any) -> bool:
     return bool(ids) and ids[0] == bos
 
 
+def _needs_bos(tokenizer: Any, text: str) -> bool:
+    """The bos rule: a bos token is prepended when the tokenizer adds one by default and the text
+    (a rendered template that writes its own bos, say) does not already start with it."""
+    starts_with_bos = tokenizer.bos_token is not None and text.startswith(str(tokenizer.bos_token))
+    return _adds_bos(tokenizer) and not starts_with_bos
+
+
 def encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[Span]]:
     """Token ids of `text` and each token's character span, with bos handled as described above.
 
-    This is the one rule for turning rendered text into ids; generation should use it too, so the
-    model sees at inference exactly what it saw in training. A prepended bos has the span (0, 0).
+    This is the one rule for turning rendered text into ids; `prompt_ids` (generation, rollouts,
+    previews) uses the same rule, so the model sees at inference exactly what it saw in training.
+    A prepended bos has the span (0, 0).
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("exact loss masks need character offsets, which only fast (Rust) tokenizers give")
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(encoding["input_ids"]), [tuple(o) for o in encoding["offset_mapping"]]
-    starts_with_bos = tokenizer.bos_token is not None and text.startswith(str(tokenizer.bos_token))
-    if _adds_bos(tokenizer) and not starts_with_bos:
+    if _needs_bos(tokenizer, text):
         ids, offsets = [tokenizer.bos_token_id] + ids, [(0, 0)] + offsets
     return ids, offsets
+
+
+def prompt_ids(tokenizer: Any, prompt: str | list[dict[str, str]]) -> list[int]:
+    """The one function that turns a prompt into the ids a model answers: generation, PPO/GRPO
+    rollouts, evaluation and previews all call it, so they agree with training.
+
+    With a chat template, a text prompt is the user's message, and the template adds the assistant's
+    generation prompt. Without one, the text as it is (a base model continues it, as in training);
+    a conversation then has no defined rendering and is refused.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        text = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    elif isinstance(prompt, str):
+        text = prompt
+    else:
+        raise ValueError("the prompt is a conversation, but the tokenizer has no chat template; set "
+                         "model.chat_template")
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return [tokenizer.bos_token_id] + ids if _needs_bos(tokenizer, text) else ids
 
 
 def _labels(ids: list[int], offsets: list[Span], spans: list[Span], length: int) -> list[int]:

@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from data_templates.masking import (
     IGNORE_INDEX,
-    encode_with_offsets,
+    prompt_ids,
     tokenize_prompt_completion,
 )
 from data_templates.prepare import TOKENIZED_FORMS, DataError, PreparedData
@@ -53,16 +53,9 @@ def _answer(tokenizer: Any, prompt: Any, answer: Any) -> dict[str, Any]:
 
 
 def _prompt(tokenizer: Any, prompt: Any) -> dict[str, Any]:
-    """A prompt as ft's generating objectives (align.ppo, align.grpo) render it: with a chat
-    template, a text prompt becomes a user message and the template adds the generation prompt;
-    without one, the text as it is. No loss: the answers are generated during training."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    elif not isinstance(prompt, str):
-        raise ValueError("the prompts are conversations, but the tokenizer has no chat template; set "
-                         "model.chat_template")
-    ids, _ = encode_with_offsets(tokenizer, prompt)
+    """A prompt as ft's generating objectives (align.ppo, align.grpo) see it (masking.prompt_ids).
+    No loss: the answers are generated during training."""
+    ids = prompt_ids(tokenizer, prompt)
     return tokens(tokenizer, ids, [IGNORE_INDEX] * len(ids))
 
 

@@ -6,14 +6,12 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from finetune.model_kinds import ModelKind, model_kind
 from finetune.recipe.schema import FullAdapter, LoraAdapter, QLoraAdapter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-# Decoder blocks are named `...layers.<i>.` (Llama, Qwen, Mistral, Gemma, Phi-3) or `...h.<i>.`
-# (GPT-2 style); the index is what `trainable_layers` refers to.
-_LAYER = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
@@ -28,17 +26,17 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def _num_layers(model: Any) -> int:
-    indices = {int(m.group(1)) for name, _ in model.named_parameters() if (m := _LAYER.search("." + name))}
+def _num_layers(model: Any, layer: re.Pattern[str]) -> int:
+    indices = {int(m.group(1)) for name, _ in model.named_parameters() if (m := layer.search("." + name))}
     return max(indices) + 1 if indices else 0
 
 
-def _apply_full(model: PreTrainedModel, adapter: FullAdapter, *, new_token_ids: list[int],
+def _apply_full(model: PreTrainedModel, adapter: FullAdapter, *, kind: ModelKind, new_token_ids: list[int],
                 **_: Any) -> PreTrainedModel:
     if adapter.trainable_layers is None:
         model.requires_grad_(True)
         return model
-    n = _num_layers(model)
+    n = _num_layers(model, kind.layer_pattern)
     bad = [i for i in adapter.trainable_layers if not -n <= i < n]
     if bad:
         raise ValueError(f"adapter.trainable_layers: {bad} out of range for a model with {n} layers")
@@ -47,14 +45,14 @@ def _apply_full(model: PreTrainedModel, adapter: FullAdapter, *, new_token_ids: 
                          "embeddings untrained; add embed_tokens and lm_head to adapter.trainable_modules")
     wanted = {i % n for i in adapter.trainable_layers}
     for name, param in model.named_parameters():
-        match = _LAYER.search("." + name)
+        match = kind.layer_pattern.search("." + name)
         in_layer = match is not None and int(match.group(1)) in wanted
         extra = any(part in name for part in adapter.trainable_modules)
         param.requires_grad_(in_layer or extra)
     return model
 
 
-def _lora_config(adapter: LoraAdapter, task_type: str, new_token_ids: list[int]) -> Any:
+def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_ids: list[int]) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
@@ -66,14 +64,14 @@ def _lora_config(adapter: LoraAdapter, task_type: str, new_token_ids: list[int])
         use_rslora=adapter.rslora,
         layers_to_transform=adapter.layers,
         modules_to_save=adapter.modules_to_save or None,
-        task_type=task_type,
+        task_type=kind.peft_task_type,
         bias="none",
         # Tokens the chat template added have random embeddings: train just those rows.
         trainable_token_indices=new_token_ids or None,
     )
 
 
-def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, task_type: str,
+def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, kind: ModelKind,
                 gradient_checkpointing: bool = False, new_token_ids: list[int]) -> PreTrainedModel:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -82,7 +80,7 @@ def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, task_type: str,
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.enable_input_require_grads()
-    return get_peft_model(model, _lora_config(adapter, task_type, new_token_ids))
+    return get_peft_model(model, _lora_config(adapter, kind, new_token_ids))
 
 
 _APPLY: dict[type, Callable[..., Any]] = {
@@ -92,9 +90,8 @@ _APPLY: dict[type, Callable[..., Any]] = {
 }
 
 
-def apply_adapter(model: PreTrainedModel, adapter: Any, *, head: str = "causal_lm",
+def apply_adapter(model: PreTrainedModel, adapter: Any, *, kind: str = "causal_lm",
                   gradient_checkpointing: bool = False, new_token_ids: list[int] = ()) -> PreTrainedModel:
-    """Wrap or freeze `model` as the recipe's adapter section says."""
-    task_type = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}[head]
-    return _APPLY[type(adapter)](model, adapter, task_type=task_type, gradient_checkpointing=gradient_checkpointing,
+    """Wrap or freeze `model` (loaded as model kind `kind`) as the recipe's adapter section says."""
+    return _APPLY[type(adapter)](model, adapter, kind=model_kind(kind), gradient_checkpointing=gradient_checkpointing,
                                  new_token_ids=list(new_token_ids))

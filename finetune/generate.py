@@ -5,46 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finetune.errors import FtError
+from finetune.models import RunNotFoundError, final_dir
 
-
-class RunNotFoundError(FtError, FileNotFoundError):
-    """The path is not a run directory (or a final/ directory) ft can load."""
-
-
-def final_dir(path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    for candidate in (path / "final", path):
-        if (candidate / "adapter_config.json").exists() or (candidate / "config.json").exists():
-            return candidate
-    raise RunNotFoundError(f"{path}: no trained model here (expected final/ with config.json or "
-                           f"adapter_config.json); pass a run directory written by `ft run`")
+__all__ = ["RunNotFoundError", "final_dir", "generate", "load_for_generation", "stop_ids"]
 
 
 def load_for_generation(path: str | Path) -> tuple[Any, Any]:
-    """(model, tokenizer) from a run directory; an adapter is loaded onto its base model."""
+    """(model, tokenizer) from a run directory in fp32, on the GPU when there is one."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune.quiet import quiet_library_noise
+    from finetune.models import load_trained
 
-    quiet_library_noise()
-    final = final_dir(path)
-    tokenizer = AutoTokenizer.from_pretrained(final)
-    if (final / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(final, dtype=torch.float32)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
+    model, tokenizer = load_trained(path, dtype="float32")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), tokenizer
 
 
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+def _prompt(tokenizer: Any, messages: list[dict[str, str]]) -> Any:
+    """The conversation, or for a base model without a template the plain text it was trained on."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    # A base model without a template: the plain completion format it was trained with.
+        return messages
     return "\n".join(m["content"] for m in messages)
 
 
@@ -52,16 +32,16 @@ def generate(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new
     """The greedy completion of the conversation's next assistant turn."""
     import torch
 
-    text = render_prompt(tokenizer, messages)
-    # The rendered template already holds any bos token it needs.
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=not tokenizer.chat_template).to(model.device)
+    from data_templates.masking import prompt_ids
+
+    ids = torch.tensor([prompt_ids(tokenizer, _prompt(tokenizer, messages))], device=model.device)
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=_stop_ids(tokenizer))
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids(tokenizer))
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
-def _stop_ids(tokenizer: Any) -> list[int]:
+def stop_ids(tokenizer: Any) -> list[int]:
     """eos plus the end-of-turn tokens of common templates that the vocabulary has."""
     ids = {tokenizer.eos_token_id}
     for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune.errors import FtError
+from finetune.errors import ConfigError, FtError
 from finetune.hardware import Hardware, resolve_dtype
+from finetune.model_kinds import MODEL_KINDS, ModelKind, kind_of_task_type, model_kind
 from finetune.recipe.schema import ModelSection, QLoraAdapter
 
 if TYPE_CHECKING:
@@ -15,6 +17,10 @@ if TYPE_CHECKING:
 
 class ModelNotFoundError(FtError):
     """The model or tokenizer could not be found locally nor fetched from the Hub."""
+
+
+class RunNotFoundError(FtError, FileNotFoundError):
+    """The path is not a run directory (or a final/ directory) ft can load."""
 
 
 def _hub_kwargs(section: ModelSection) -> dict[str, Any]:
@@ -81,12 +87,11 @@ def quantization_config(adapter: Any, hardware: Hardware) -> Any:
     )
 
 
-def load_model(section: ModelSection, adapter: Any, hardware: Hardware, head: str = "causal_lm",
+def load_model(section: ModelSection, adapter: Any, hardware: Hardware, kind: str = "causal_lm",
                num_labels: int | None = None) -> PreTrainedModel:
+    """The recipe's base model for training, with the head of model kind `kind`, full precision or 4-bit."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    classes = {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification}
     kwargs: dict[str, Any] = {**_hub_kwargs(section), "dtype": getattr(torch, resolve_dtype(section.dtype, hardware))}
     if section.attn_implementation:
         kwargs["attn_implementation"] = section.attn_implementation
@@ -99,15 +104,90 @@ def load_model(section: ModelSection, adapter: Any, hardware: Hardware, head: st
         kwargs["device_map"] = {"": _local_device(hardware)}
     location = model_location(section)
     if is_adapter_dir(location):
-        raise ValueError(f"{location} is an adapter; merge it first (finetune.models.merge_adapter)")
+        raise ConfigError(f"model.name_or_path: {location} is an adapter; ft merges a LoRA run's final/ into "
+                          f"its base before training on it (finetune.pipeline.base_section)")
     try:
-        return classes[head].from_pretrained(location, **kwargs)
+        return model_kind(kind).auto().from_pretrained(location, **kwargs)
     except OSError as err:
         raise _not_found(section, "weights", err) from None
 
 
-def is_adapter_dir(location: str) -> bool:
+def is_adapter_dir(location: str | Path) -> bool:
+    """A PEFT adapter directory (a LoRA run's final/), as opposed to a whole model. The one test."""
     return (Path(location) / "adapter_config.json").is_file()
+
+
+def final_dir(path: str | Path) -> Path:
+    """The trained model of a run directory (its final/), or `path` itself when it is a model."""
+    path = Path(path).expanduser()
+    for candidate in (path / "final", path):
+        if is_adapter_dir(candidate) or (candidate / "config.json").is_file():
+            return candidate
+    raise RunNotFoundError(f"{path}: no trained model here (expected final/ with config.json or "
+                           f"adapter_config.json); pass a run directory written by `ft run`")
+
+
+def adapter_kind(adapter_dir: str | Path) -> ModelKind:
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return kind_of_task_type(config.get("task_type"))
+
+
+def load_trained(path: str | Path, *, kind: str | None = None, dtype: str = "float32", merge: bool = False,
+                 num_labels: int | None = None, trust_remote_code: bool = False,
+                 with_tokenizer: bool = True) -> tuple[Any, Any]:
+    """(model, tokenizer) of a run directory, its final/, or any model directory: the one loader for
+    everything after training (generation, evaluation, export, reward scoring, a next stage).
+
+    An adapter is put on its base, which is read from the adapter's config and loaded unquantized
+    (a QLoRA run's base included), with embeddings resized to the adapter's tokenizer when the chat
+    template added tokens (`num_labels`: the head size of an adapter trained on a classifier). `merge` folds the adapter into the weights (a plain model again).
+    """
+    import torch
+
+    from finetune.quiet import quiet_library_noise
+
+    quiet_library_noise()
+    final = final_dir(path)
+    adapter = is_adapter_dir(final)
+    base_path = json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] if adapter else None
+    # An adapter's tokenizer says how many embedding rows its base needs; a whole model needs none.
+    tokenizer = _tokenizer(final, base_path, trust_remote_code) if with_tokenizer or adapter else None
+    chosen = model_kind(kind) if kind else adapter_kind(final) if adapter else MODEL_KINDS["causal_lm"]
+    kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype),
+                              "trust_remote_code": trust_remote_code}
+    if not adapter:
+        return chosen.auto().from_pretrained(final, **kwargs), tokenizer
+    # The base's config is the model it started from (a causal LM's, under a reward adapter): the
+    # head size the adapter was trained with must be given.
+    base = chosen.auto().from_pretrained(base_path, **kwargs, **({"num_labels": num_labels} if num_labels else {}))
+    return attach_adapter(base, final, vocab_size=len(tokenizer), merge=merge), tokenizer
+
+
+def _tokenizer(final: Path, base_path: str | None, trust_remote_code: bool) -> Any:
+    """The tokenizer saved with the model; an adapter saved without one uses its base's."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(final, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        if base_path is None:
+            raise
+        return AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
+
+
+def attach_adapter(base: PreTrainedModel, adapter_dir: str | Path, *, vocab_size: int, merge: bool) -> Any:
+    """`base` with the saved adapter on it (merged into the weights when `merge`): the one merge.
+
+    The base must be unquantized: merging into dequantized 4-bit weights would bake the rounding
+    error into the result. Rows for tokens a chat template added are created first; their trained
+    values come from the adapter.
+    """
+    from peft import PeftModel
+
+    if base.get_input_embeddings().weight.shape[0] < vocab_size:
+        base.resize_token_embeddings(vocab_size, mean_resizing=False)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    return model.merge_and_unload() if merge else model
 
 
 def merge_adapter(adapter_dir: str, out: Path) -> Path:
@@ -119,21 +199,13 @@ def merge_adapter(adapter_dir: str, out: Path) -> Path:
     with a base that exists nowhere on disk. A merged directory is a plain model: every adapter kind
     (QLoRA too) trains on it, and the new adapter's saved config points at it.
     """
-    import json
-
-    from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
-    from transformers import AutoTokenizer
-
     from finetune.outputs import save_dir_atomic
 
     if (out / "config.json").is_file():
         return out  # merged by an earlier attempt of this run (resume)
-    # Merge with the adapter's own head: an SFT (causal LM) adapter under a reward run is merged as a
+    # Merged with the adapter's own head: an SFT (causal LM) adapter under a reward run is merged as a
     # causal LM, and the reward run then puts a fresh score head on the merged weights.
-    task = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("task_type")
-    auto = AutoPeftModelForSequenceClassification if task == "SEQ_CLS" else AutoPeftModelForCausalLM
-    merged = auto.from_pretrained(adapter_dir, dtype="auto").merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    merged, tokenizer = load_trained(adapter_dir, dtype="auto", merge=True)
 
     def save(tmp: Path) -> None:
         merged.save_pretrained(tmp)

@@ -103,7 +103,7 @@ def build_model(recipe: RecipeBase, section: ModelSection, hardware: Hardware, o
         new_ids = list(range(old, len(tokenizer)))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return apply_adapter(model, recipe.adapter, head=objective.model_head,
+    return apply_adapter(model, recipe.adapter, kind=objective.model_head,
                          gradient_checkpointing=recipe.training.gradient_checkpointing, new_token_ids=new_ids)
 
 

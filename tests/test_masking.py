@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerFast
 
 from data_templates.chat_templates import TEMPLATES, get_template, resolve_chat_template
 from data_templates.masking import (
+    prompt_ids,
     IGNORE_INDEX,
     LossOn,
     encode_with_offsets,
@@ -309,3 +310,26 @@ def test_tokenize_text_adds_bos_if_tokenizer_does_and_eos_always() -> None:
 def test_tokenize_text_needs_eos() -> None:
     with pytest.raises(ValueError, match="no eos_token"):
         tokenize_text(make_tokenizer(eos=None), "Hello")
+
+
+@pytest.mark.parametrize("adds_bos", [True, False])
+@pytest.mark.parametrize("template", ["chatml", "llama3"])
+def test_prompt_ids_are_the_training_ids_up_to_the_answer(adds_bos: bool, template: str) -> None:
+    """Generation, rollouts and previews (prompt_ids) see exactly the ids training saw before the
+    assistant's answer: the same bos rule whether the template writes bos itself or the tokenizer adds it."""
+    tokenizer = make_tokenizer(adds_bos=adds_bos)
+    resolve_chat_template(tokenizer, template)
+    messages = [{"role": "user", "content": "What is a tokenizer?"}, {"role": "assistant", "content": "A splitter."}]
+    trained = tokenize_conversation(tokenizer, messages)
+    first_label = next(i for i, label in enumerate(trained["labels"]) if label != -100)
+    prompt = prompt_ids(tokenizer, messages[:1])
+    assert prompt == trained["input_ids"][:first_label]
+    assert prompt.count(tokenizer.bos_token_id) == (1 if adds_bos or template == "llama3" else 0)
+    assert prompt_ids(tokenizer, "What is a tokenizer?") == prompt  # a text prompt is the user's message
+
+
+def test_prompt_ids_without_a_template_are_the_plain_text_with_the_tokenizers_bos() -> None:
+    tokenizer = make_tokenizer(adds_bos=True)
+    assert prompt_ids(tokenizer, "Once upon") == tokenizer("Once upon")["input_ids"]
+    with pytest.raises(ValueError, match="no chat template"):
+        prompt_ids(tokenizer, [{"role": "user", "content": "hi"}])

@@ -1,0 +1,68 @@
+"""What a model kind needs, in one table: every loader, adapter, merge and generation path reads it.
+
+A kind is what the weights are loaded as (a causal LM, a sequence classifier). A new family
+(seq2seq, masked LM, a vision-language model) adds a row here rather than a branch elsewhere.
+Importing this module imports neither torch nor transformers: classes are named as "module:Name"
+and imported when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from finetune.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    name: str
+    auto_class: str  # the transformers Auto class the weights load with
+    peft_task_type: str  # LoraConfig.task_type, and what a saved adapter's config records
+    peft_auto_class: str  # the PEFT Auto class that loads a saved adapter with its base
+    processor: str  # what turns raw inputs into ids
+    generates: bool  # `ft generate` / `ft chat` / export with a generation config make sense
+    # Blocks are named `...layers.<i>.` (Llama, Qwen, Mistral, Gemma, Phi-3) or `...h.<i>.` (GPT-2
+    # style); the index is what `trainable_layers` and `adapter.layers` refer to.
+    layer_pattern: re.Pattern[str]
+
+    def auto(self) -> Any:
+        return _attr(self.auto_class)
+
+    def peft_auto(self) -> Any:
+        return _attr(self.peft_auto_class)
+
+
+_DECODER_LAYERS = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+
+MODEL_KINDS: dict[str, ModelKind] = {
+    kind.name: kind
+    for kind in (
+        ModelKind("causal_lm", "transformers:AutoModelForCausalLM", "CAUSAL_LM", "peft:AutoPeftModelForCausalLM",
+                  "transformers:AutoTokenizer", generates=True, layer_pattern=_DECODER_LAYERS),
+        ModelKind("sequence_classification", "transformers:AutoModelForSequenceClassification", "SEQ_CLS",
+                  "peft:AutoPeftModelForSequenceClassification", "transformers:AutoTokenizer", generates=False,
+                  layer_pattern=_DECODER_LAYERS),
+    )
+}
+
+
+def model_kind(name: str) -> ModelKind:
+    if name not in MODEL_KINDS:
+        raise ConfigError(f"unknown model kind {name!r}; known: {', '.join(MODEL_KINDS)}")
+    return MODEL_KINDS[name]
+
+
+def kind_of_task_type(task_type: str | None) -> ModelKind:
+    """The kind a saved PEFT adapter was trained as (its adapter_config.json `task_type`)."""
+    for kind in MODEL_KINDS.values():
+        if kind.peft_task_type == task_type:
+            return kind
+    return MODEL_KINDS["causal_lm"]  # PEFT leaves task_type empty for plain causal-LM adapters at times
+
+
+def _attr(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
