@@ -52,7 +52,7 @@ def _apply_full(model: PreTrainedModel, adapter: FullAdapter, *, kind: ModelKind
     return model
 
 
-def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_ids: list[int]) -> Any:
+def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str, list[int]]) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
@@ -67,8 +67,24 @@ def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_ids: list[int]
         task_type=kind.peft_task_type,
         bias="none",
         # Tokens the chat template added have random embeddings: train just those rows.
-        trainable_token_indices=new_token_ids or None,
+        trainable_token_indices=new_token_rows or None,
     )
+
+
+def _new_token_rows(model: PreTrainedModel, new_token_ids: list[int]) -> dict[str, list[int]]:
+    """The embedding rows to train for tokens a chat template added, by module name: the input
+    embeddings, and the output layer too unless it is tied to them (PEFT then trains the shared rows
+    once, for both). Untied, an untrained output row would leave the model unable to emit the new
+    end-of-turn token."""
+    if not new_token_ids:
+        return {}
+    names = {id(module): name for name, module in model.named_modules()}
+    rows = {names[id(model.get_input_embeddings())].rsplit(".", 1)[-1]: list(new_token_ids)}
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is model.get_input_embeddings().weight
+    if output is not None and not tied:
+        rows[names[id(output)].rsplit(".", 1)[-1]] = list(new_token_ids)
+    return rows
 
 
 def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, kind: ModelKind,
@@ -80,7 +96,7 @@ def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, kind: ModelKind
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.enable_input_require_grads()
-    return get_peft_model(model, _lora_config(adapter, kind, new_token_ids))
+    return get_peft_model(model, _lora_config(adapter, kind, _new_token_rows(model, new_token_ids)))
 
 
 _APPLY: dict[type, Callable[..., Any]] = {

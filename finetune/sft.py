@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from finetune.notices import notice
 from finetune.recipe.schema import ObjectiveSection
 from finetune.registry import objective
 from finetune.run_parts import RunParts
@@ -40,9 +41,27 @@ def build_sft_trainer(parts: RunParts, **config: Any) -> Any:
         # Pinned, not left to TRL's default: best-fit-decreasing keeps every example whole and trains
         # padding-free, which is what data.packing documents (see data_templates/packing.py).
         **({"packing_strategy": "bfd"} if packing else {}),
+        **_loss_type(parts),
         **config,
     )
     return SFTTrainer(args=args, **parts.trainer_inputs())
+
+
+def _loss_type(parts: RunParts) -> dict[str, str]:
+    """TRL's default chunked loss reads the output layer's weight directly. When PEFT wraps that layer
+    (rows a chat template added, tied or not; LoRA on lm_head) the wrapper's trained values would be
+    skipped (or the wrapper has no `bias` and TRL fails): compute the plain loss from the logits."""
+    import torch
+
+    if "loss_type" in parts.recipe.training.extra:
+        return {}
+    model = parts.model.get_base_model() if hasattr(parts.model, "get_base_model") else parts.model
+    output = model.get_output_embeddings()
+    if output is None or type(output) is torch.nn.Linear:
+        return {}
+    notice(f"the output layer is wrapped by the adapter ({type(output).__name__}); training with the plain "
+           f"token loss (loss_type nll) so its trained rows count")
+    return {"loss_type": "nll"}
 
 
 @objective("sft", section=SFTSection, data_form="sft", config_class="trl:SFTConfig",

@@ -156,12 +156,21 @@ def _gemma(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
     return GemmaConfig(**kw, head_dim=dims.head_dim)
 
 
+def _gemma2(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
+    from transformers import Gemma2Config
+
+    # Gemma 2 ties the output layer to the input embeddings (the case where rows that a chat template
+    # adds must be trained once for both) and soft-caps attention and final logits.
+    return Gemma2Config(**kw, head_dim=dims.head_dim, tie_word_embeddings=True)
+
+
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], _Dims], PretrainedConfig]] = {
     "llama": _llama,
     "qwen2": _qwen2,
     "mistral": _mistral,
     "phi3": _phi3,
     "gemma": _gemma,
+    "gemma2": _gemma2,
 }
 
 
