@@ -211,9 +211,14 @@ def load_custom(function: str, where: str) -> RewardFn:
     except ImportError as err:
         raise ConfigError(f"{where}: cannot import {target!r}: {err} (use path/to/file.py:{name} for a file "
                           f"that is not on the Python path)") from None
+    except SyntaxError as err:
+        raise ConfigError(f"{err.filename}:{err.lineno}: {where}: syntax error in the reward code: {err.msg}") from None
+    except Exception as err:  # the user's module ran and raised: say where, not a traceback into ft
+        raise ConfigError(f"{where}: importing {target!r} raised {type(err).__name__}: {err}") from None
     fn = getattr(module, name, None)
     if not callable(fn):
-        raise ConfigError(f"{where}: {target!r} has no function {name!r}")
+        found = "" if fn is None else f" ({name} is a {type(fn).__name__})"
+        raise ConfigError(f"{where}: {target!r} has no function {name!r}{found}")
     return fn
 
 

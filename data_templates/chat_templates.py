@@ -281,6 +281,9 @@ def resolve_chat_template(tokenizer: Any, choice: str | None) -> ResolvedTemplat
         if not path.is_file():
             raise ValueError(f"chat template file {choice} does not exist")
         source, where = path.read_text(encoding="utf-8"), f"file {choice}"
+        if not source.strip():
+            raise ValueError(f"chat template file {choice} is empty; write the Jinja template into it, or choose "
+                             f"a shipped one ({', '.join(TEMPLATES)})")
     else:
         shipped = get_template(choice)
         source, where = shipped.source, f"shipped {choice!r}"

@@ -185,8 +185,11 @@ def _answer(value: Any, field: str, conversational: bool) -> str | list[dict[str
 def _preference(row: dict[str, Any]) -> dict[str, Any]:
     prompt = _prompt(row.get("prompt"))
     chat = isinstance(prompt, list)
-    return {"prompt": prompt, "chosen": _answer(row.get("chosen"), "chosen", chat),
-            "rejected": _answer(row.get("rejected"), "rejected", chat)}
+    chosen, rejected = _answer(row.get("chosen"), "chosen", chat), _answer(row.get("rejected"), "rejected", chat)
+    if chosen == rejected:
+        # The pair's loss gradient is zero (DPO) or pushes two equal scores apart (reward): noise.
+        raise RowError("'chosen' and 'rejected' are identical, so the pair prefers nothing")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 _TRUE = {True, 1, "1", "true", "True", "yes"}

@@ -89,10 +89,14 @@ def canonical_rows(spec: DatasetSpec, bad_rows: str, stats: DatasetStats) -> lis
     """Rows of one dataset in the canonical form of its format, column mapping applied."""
     fmt = FORMATS[spec.format]
     out: list[Row] = []
+    labels: dict[str, tuple[bool, str]] = {}  # unpaired rows: (prompt, completion) -> (label, where first seen)
     try:
         for origin, row in read_rows(spec):
             try:
-                out.append((origin, fmt.convert(map_columns(row, spec.columns))))
+                example = fmt.convert(map_columns(row, spec.columns))
+                if fmt.form == "unpaired_preference":
+                    _check_label_agrees(example, str(origin), labels)
+                out.append((origin, example))
             except RowError as err:
                 _bad_row(stats, bad_rows, str(origin), str(err), f" (format {spec.format})")
     except DataSourceError as err:
@@ -101,6 +105,18 @@ def canonical_rows(spec: DatasetSpec, bad_rows: str, stats: DatasetStats) -> lis
         raise DataError(_nothing_left(stats, "no rows"))
     stats.rows = len(out)
     return out
+
+
+def _check_label_agrees(example: dict[str, Any], where: str, labels: dict[str, tuple[bool, str]]) -> None:
+    """The same completion of the same prompt may not be both desirable and undesirable (KTO's
+    counterpart of a pair whose chosen equals its rejected)."""
+    import json
+
+    key = json.dumps([example["prompt"], example["completion"]], sort_keys=True)
+    label, first = labels.setdefault(key, (example["label"], where))
+    if label != example["label"]:
+        raise RowError(f"the same prompt and completion are labelled {str(label).lower()} at {first} and "
+                       f"{str(example['label']).lower()} here")
 
 
 def _nothing_left(stats: DatasetStats, what: str) -> str:

@@ -47,6 +47,9 @@ def _read_text(path: Path) -> str:
     return text
 
 
+_TOO_DEEP = "the JSON is nested too deeply to read (a row is a conversation, not a tree thousands of levels deep)"
+
+
 def _jsonl(path: Path) -> Rows:
     # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters that
     # splitlines() treats as line breaks; a trailing "\r" is whitespace to json.loads.
@@ -57,6 +60,8 @@ def _jsonl(path: Path) -> Rows:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataSourceError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno})") from None
+        except RecursionError:
+            raise DataSourceError(f"{path}:{number}: {_TOO_DEEP}") from None
         yield Origin(str(path), number), row
 
 
@@ -64,6 +69,8 @@ def _json(path: Path) -> Rows:
     text = _read_text(path)
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise DataSourceError(f"{path}: {_TOO_DEEP}") from None
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # a .json file that is really JSON Lines
             yield from _jsonl(path)

@@ -19,6 +19,10 @@ class ModelNotFoundError(FtError):
     """The model or tokenizer could not be found locally nor fetched from the Hub."""
 
 
+class ModelLoadError(FtError):
+    """The model directory exists, but its files cannot be loaded (unreadable config or weights)."""
+
+
 class RunNotFoundError(FtError, FileNotFoundError):
     """The path is not a run directory (or a final/ directory) ft can load."""
 
@@ -38,6 +42,9 @@ def _not_found(section: ModelSection, what: str, err: Exception) -> ModelNotFoun
     from finetune.recipe.checks import looks_local
 
     name = section.name_or_path
+    if Path(name).expanduser().is_file():
+        return ModelNotFoundError(f"model.name_or_path: {Path(name).expanduser().resolve()} is a file; point it at "
+                                  f"the model's directory (the one that holds config.json)")
     if Path(name).expanduser().is_dir():
         return ModelNotFoundError(f"model.name_or_path: {name} is a directory but its {what} could not be loaded: {err}")
     if looks_local(name):
@@ -48,6 +55,67 @@ def _not_found(section: ModelSection, what: str, err: Exception) -> ModelNotFoun
         f"network (`hf download {name}`) or point model.name_or_path at a local directory.\n  cause: "
         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     )
+
+
+_WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def check_model_files(section: ModelSection) -> None:
+    """At the very start of a run, before any data or weights load: a local model directory has a
+    config.json that transformers reads and weight files whose headers read (no tensor is read)."""
+    from transformers import AutoConfig
+
+    path = Path(section.name_or_path).expanduser()
+    if is_adapter_dir(path):
+        _check_adapter_base(path)
+        return  # merged into its base before training (finetune.pipeline.base_section)
+    if not path.is_dir():
+        if path.is_file():
+            raise _not_found(section, "model", FileNotFoundError(str(path)))
+        return  # a Hub id, or a missing path: the tokenizer load says which
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelLoadError(f"model.name_or_path: {config} does not exist; a model directory holds config.json "
+                             f"next to its weights (save one with model.save_pretrained)")
+    try:
+        AutoConfig.from_pretrained(path, trust_remote_code=section.trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"{config}: transformers cannot read it: {_first_line(err)}") from None
+    files = [f for pattern in _WEIGHTS for f in sorted(path.glob(pattern))]
+    if not files and not any(path.glob("*.safetensors.index.json")):
+        raise ModelLoadError(f"model.name_or_path: {path} has no weight files ({', '.join(_WEIGHTS)})")
+    for weights in (f for f in files if f.suffix == ".safetensors"):
+        _check_safetensors(weights)
+
+
+def _check_adapter_base(adapter_dir: Path) -> None:
+    from finetune.recipe.checks import looks_local
+
+    try:
+        base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelLoadError(f"{adapter_dir / 'adapter_config.json'}: unreadable adapter config "
+                             f"({_first_line(err)})") from None
+    if looks_local(str(base)) and not Path(str(base)).expanduser().exists():
+        raise ModelNotFoundError(f"model.name_or_path: {adapter_dir} is an adapter whose base model {base} does not "
+                                 f"exist (moved or deleted?); restore it, or fix base_model_name_or_path in "
+                                 f"{adapter_dir / 'adapter_config.json'}")
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        raise ModelLoadError(f"{path}: the weights cannot be read ({_first_line(err)}); the file is truncated or "
+                             f"not safetensors: copy or download it again") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def load_tokenizer(section: ModelSection) -> PreTrainedTokenizerBase:
@@ -110,6 +178,11 @@ def load_model(section: ModelSection, adapter: Any, hardware: Hardware, kind: st
         return model_kind(kind).auto().from_pretrained(location, **kwargs)
     except OSError as err:
         raise _not_found(section, "weights", err) from None
+    except (RuntimeError, ValueError) as err:
+        files = ", ".join(f.name for pattern in _WEIGHTS for f in sorted(Path(location).glob(pattern))) or location
+        mismatch = "mismatched_sizes" in str(err) or "size mismatch" in str(err)
+        why = "have other shapes than its config.json says" if mismatch else f"do not load: {_first_line(err)}"
+        raise ModelLoadError(f"model.name_or_path: the weights in {location} ({files}) {why}") from None
 
 
 def is_adapter_dir(location: str | Path) -> bool:
@@ -156,23 +229,30 @@ def load_trained(path: str | Path, *, kind: str | None = None, dtype: str = "flo
     kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype),
                               "trust_remote_code": trust_remote_code}
     if not adapter:
-        return chosen.auto().from_pretrained(final, **kwargs), tokenizer
+        return _from_pretrained(chosen, final, kwargs), tokenizer
     # The base's config is the model it started from (a causal LM's, under a reward adapter): the
     # head size the adapter was trained with must be given.
-    base = chosen.auto().from_pretrained(base_path, **kwargs, **({"num_labels": num_labels} if num_labels else {}))
+    base = _from_pretrained(chosen, base_path, {**kwargs, **({"num_labels": num_labels} if num_labels else {})})
     return attach_adapter(base, final, vocab_size=len(tokenizer), merge=merge), tokenizer
+
+
+def _from_pretrained(kind: ModelKind, location: str | Path, kwargs: dict[str, Any]) -> Any:
+    try:
+        return kind.auto().from_pretrained(location, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise ModelLoadError(f"{location}: cannot load the model ({_first_line(err)})") from None
 
 
 def _tokenizer(final: Path, base_path: str | None, trust_remote_code: bool) -> Any:
     """The tokenizer saved with the model; an adapter saved without one uses its base's."""
     from transformers import AutoTokenizer
 
+    saved = any((final / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    location = final if saved or base_path is None else base_path
     try:
-        return AutoTokenizer.from_pretrained(final, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError):
-        if base_path is None:
-            raise
-        return AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{location}: cannot load the tokenizer ({_first_line(err)})") from None
 
 
 def attach_adapter(base: PreTrainedModel, adapter_dir: str | Path, *, vocab_size: int, merge: bool) -> Any:

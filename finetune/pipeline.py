@@ -130,8 +130,9 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     hardware = detect(recipe.training.device, recipe.training.precision)
     set_seed(recipe.seed)
 
-    from finetune.models import load_tokenizer
+    from finetune.models import check_model_files, load_tokenizer
 
+    check_model_files(recipe.model)  # fail in a second, not after the data is tokenized
     tokenizer = load_tokenizer(recipe.model)
     template = setup_template(tokenizer, recipe, objective)
     data = load_data(recipe, tokenizer, objective)

@@ -60,8 +60,18 @@ def test_format_converts_to_its_canonical_form(tmp_path: Path, fmt: str) -> None
 
 
 def test_conversational_preference_answers_become_assistant_messages(tmp_path: Path) -> None:
-    rows, _ = _canonical(tmp_path, [{"prompt": [U], "chosen": "Hello!", "rejected": [A]}], "preference")
-    assert rows == [{"prompt": [U], "chosen": [A], "rejected": [A]}]
+    no = {"role": "assistant", "content": "Go away."}
+    rows, _ = _canonical(tmp_path, [{"prompt": [U], "chosen": "Hello!", "rejected": [no]}], "preference")
+    assert rows == [{"prompt": [U], "chosen": [A], "rejected": [no]}]
+
+
+def test_a_pair_whose_chosen_equals_rejected_is_a_bad_row(tmp_path: Path) -> None:
+    same = {"prompt": "2+2=", "chosen": "4", "rejected": "4"}
+    good = {"prompt": "2+2=", "chosen": "4", "rejected": "5"}
+    with pytest.raises(DataError, match=r"data.jsonl:2: 'chosen' and 'rejected' are identical"):
+        _canonical(tmp_path, [good, same], "preference")
+    rows, stats = _canonical(tmp_path, [good, same, same], "preference", bad_rows="skip")
+    assert rows == [good] and stats.skipped == 2
 
 
 def test_prompt_completion_as_messages_is_one_conversation(tmp_path: Path) -> None:
