@@ -80,3 +80,18 @@ def warn_dropped(trainer: Any, parts: RunParts, why: str) -> None:
         if dropped > 0:
             notice(f"{dropped} of {len(before)} {name} rows dropped: {why}; raise data.max_length "
                    f"(now {parts.recipe.data.max_length}) to keep them")
+
+
+def reference_free_trainer(parts: RunParts, config_class: type, trainer_class: type, **objective: Any) -> Any:
+    """ORPO and SimPO: TRL's (experimental) pair trainers that need no reference model. They tokenize
+    the pairs themselves, keeping the start of over-long answers within data.max_length."""
+    import warnings
+
+    require_chat_template(parts)
+    args = parts.trainer_config(config_class, max_length=parts.recipe.data.max_length, **objective)
+    with warnings.catch_warnings():
+        # "You are importing from 'trl.experimental'": ft pins TRL, so the API cannot move under us.
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        trainer = trainer_class(args=args, **parts.trainer_inputs())
+    warn_dropped(trainer, parts, "the prompt alone fills max_length, leaving nothing to compare")
+    return trainer

@@ -34,6 +34,8 @@ BUILTIN_OBJECTIVE_MODULES: tuple[str, ...] = (
     "align.kto",
     "align.ppo",
     "align.grpo",
+    "align.orpo",
+    "align.simpo",
 )
 
 
