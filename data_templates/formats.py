@@ -47,19 +47,11 @@ def register_format(name: str, *, form: str, fields: tuple[str, ...], optional: 
     return register
 
 
-# Which canonical forms each objective data form accepts. SFT also trains on raw text.
-_ACCEPTS: dict[str, tuple[str, ...]] = {
-    "sft": ("sft", "text"),
-    "text": ("text",),
-    "preference": ("preference",),
-    "unpaired_preference": ("unpaired_preference",),
-    "prompt_only": ("prompt_only",),
-}
-
-
 def formats_for(data_form: str) -> list[str]:
     """Names of the formats an objective with `data_form` can train on."""
-    forms = _ACCEPTS.get(data_form, (data_form,))
+    from data_templates.forms import data_form as form_of
+
+    forms = form_of(data_form).accepts
     return [name for name, fmt in FORMATS.items() if fmt.form in forms]
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from data_templates import cache, mixing
 from data_templates.formats import FORMATS, RowError
+from data_templates.forms import data_form
 from data_templates.sources import DataSourceError, Origin, read_rows
 from finetune.errors import FtError
 from finetune.recipe.schema import DataSection, DatasetSpec
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
-TOKENIZED_FORMS = ("sft", "text")  # forms ft tokenizes itself, with exact masks
 
 
 class DataError(FtError, ValueError):
@@ -213,7 +213,7 @@ def _lengths(dataset: Dataset) -> list[int]:
 def load_one(spec: DatasetSpec, name: str, data: DataSection, tokenizer: PreTrainedTokenizerBase,
              form: str, loss_on: str) -> tuple[Dataset, DatasetStats]:
     """One dataset, ready to assemble: from the cache when it has it, else read and tokenized now."""
-    stats = DatasetStats(name, tokenized=form in TOKENIZED_FORMS)
+    stats = DatasetStats(name, tokenized=data_form(form).tokenized)
     key = cache.cache_key(spec, data, tokenizer, form=form, loss_on=loss_on) if stats.tokenized and data.cache else None
     hit = cache.load(key) if key else None
     if hit is not None:

@@ -11,15 +11,17 @@ the generating objectives render their prompts, with no loss.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
+from data_templates.forms import data_form
 from data_templates.masking import (
     IGNORE_INDEX,
     prompt_ids,
     tokenize_prompt_completion,
 )
-from data_templates.prepare import TOKENIZED_FORMS, DataError, PreparedData
+from data_templates.prepare import DataError, PreparedData
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -59,18 +61,19 @@ def _prompt(tokenizer: Any, prompt: Any) -> dict[str, Any]:
     return tokens(tokenizer, ids, [IGNORE_INDEX] * len(ids))
 
 
+# How each data form's `preview` shows one trainer row (see the module docstring).
+_PREVIEWS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
+    "tokens": lambda tok, row: tokens(tok, row["input_ids"], row["labels"]),
+    "pair": lambda tok, row: {"chosen": _answer(tok, row["prompt"], row["chosen"]),
+                              "rejected": _answer(tok, row["prompt"], row["rejected"])},
+    "unpaired": lambda tok, row: {"completion": _answer(tok, row["prompt"], row["completion"]), "label": row["label"]},
+    "prompt": lambda tok, row: {"prompt": _prompt(tok, row["prompt"]), **{k: v for k, v in row.items() if k != "prompt"}},
+}
+
+
 def preview_example(tokenizer: Any, row: dict[str, Any], form: str) -> dict[str, Any]:
     """The JSON object of one trainer row (see the module docstring for each form)."""
-    if form in TOKENIZED_FORMS:
-        return tokens(tokenizer, row["input_ids"], row["labels"])
-    if form == "preference":
-        return {"chosen": _answer(tokenizer, row["prompt"], row["chosen"]),
-                "rejected": _answer(tokenizer, row["prompt"], row["rejected"])}
-    if form == "unpaired_preference":
-        return {"completion": _answer(tokenizer, row["prompt"], row["completion"]), "label": row["label"]}
-    if form == "prompt_only":
-        return {"prompt": _prompt(tokenizer, row["prompt"]), **{k: v for k, v in row.items() if k != "prompt"}}
-    raise ValueError(f"no preview for data form {form!r}")
+    return _PREVIEWS[data_form(form).preview](tokenizer, row)
 
 
 def preview_examples(data: PreparedData, tokenizer: Any, form: str, n: int) -> list[dict[str, Any]]:
@@ -148,10 +151,10 @@ def print_rich(preview: Preview, console: Console | None = None) -> None:
     note = packing_note(recipe.data, recipe.model)
     if note:
         console.print(Text(note, style="yellow"))
-    if preview.form == "prompt_only":
+    if data_form(preview.form).preview == "prompt":
         console.print(Text("The trainer renders each prompt itself, as shown; answers are generated in training.",
                            style="italic"))
-    elif preview.form not in TOKENIZED_FORMS:
+    elif not data_form(preview.form).tokenized:
         console.print(Text("The trainer tokenizes these rows itself; shown as ft's masking functions tokenize "
                            "them (prompt + answer, loss on the answer).", style="italic"))
     console.print(Text.assemble("legend: ", ("trained", TRAINED), " / ", ("not trained", UNTRAINED)))

@@ -41,8 +41,9 @@ class RunResult:
 def setup_template(tokenizer: PreTrainedTokenizerBase, recipe: RecipeBase, objective: Objective) -> ResolvedTemplate | None:
     """Give the tokenizer the recipe's chat template; None when the objective reads raw text."""
     from data_templates.chat_templates import resolve_chat_template
+    from data_templates.forms import data_form
 
-    if objective.data_form == "text" and recipe.model.chat_template is None:
+    if not data_form(objective.data_form).chat and recipe.model.chat_template is None:
         return None
     if recipe.model.chat_template is None and not getattr(tokenizer, "chat_template", None):
         return None  # plain prompt/completion data needs none; conversational rows will say so

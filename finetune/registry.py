@@ -14,17 +14,17 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from finetune.recipe.schema import ObjectiveSection
     from finetune.run_parts import RunParts
 
-# The canonical example form an objective consumes (see data_templates): the data layer turns
-# every dataset format into one of these.
-DataForm = Literal["sft", "text", "preference", "unpaired_preference", "prompt_only"]
-# The head the model is loaded with.
-ModelHead = Literal["causal_lm", "sequence_classification"]
+# The canonical example form an objective consumes: a key of data_templates.forms.DATA_FORMS (the
+# data layer turns every dataset format into one of these).
+DataForm = str
+# The model kind the weights are loaded as: a key of finetune.model_kinds.MODEL_KINDS.
+ModelHead = str
 
 BUILTIN_OBJECTIVE_MODULES: tuple[str, ...] = (
     "finetune.sft",
@@ -64,6 +64,13 @@ def objective(
     model_head: ModelHead = "causal_lm",
 ) -> Callable[[Callable[[RunParts], Any]], Callable[[RunParts], Any]]:
     """Register `build_trainer(parts) -> Trainer` as the entry point of objective `kind`."""
+
+    from data_templates.forms import DATA_FORMS
+    from finetune.model_kinds import MODEL_KINDS
+
+    if data_form not in DATA_FORMS or model_head not in MODEL_KINDS:
+        raise ValueError(f"objective {kind!r}: data_form must be one of {', '.join(DATA_FORMS)} and model_head one "
+                         f"of {', '.join(MODEL_KINDS)}")
 
     def register(fn: Callable[[RunParts], Any]) -> Callable[[RunParts], Any]:
         if kind in _REGISTRY and _REGISTRY[kind].build_trainer is not fn:

@@ -46,6 +46,7 @@ def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source,
 
 def _mixing_problems(recipe: RecipeBase, at) -> list[Problem]:
     """Weights mix train datasets only, all of them or none; packing is for objectives ft tokenizes for."""
+    from data_templates.forms import data_form
     from finetune.registry import get_objective
 
     problems = []
@@ -57,7 +58,7 @@ def _mixing_problems(recipe: RecipeBase, at) -> list[Problem]:
         if spec.weight is not None:
             problems.append(at(("data", "validation", index, "weight"), "validation data is not mixed; remove weight"))
     form = get_objective(recipe.objective.kind).data_form
-    if recipe.data.packing and form not in ("sft", "text"):
+    if recipe.data.packing and not data_form(form).packs:
         problems.append(at(("data", "packing"), f"objective {recipe.objective.kind!r} does not pack examples; "
                            "packing is for sft and pretrain"))
     return problems

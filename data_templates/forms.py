@@ -1,0 +1,44 @@
+"""What a data form is, in one table: the data layer, validation and preview read it.
+
+A data form is the canonical example an objective consumes (see `data_templates.formats`: every
+dataset format converts its rows to one form). A new objective family (classification, image-text
+conversations) adds a row here rather than a comparison of strings elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DataForm:
+    name: str
+    accepts: tuple[str, ...]  # the canonical forms of the dataset formats an objective of this form reads
+    tokenized: bool  # ft tokenizes it itself with exact loss masks (else the TRL trainer tokenizes)
+    packs: bool  # data.packing applies
+    chat: bool  # rendered with a chat template (raw text is not, unless the recipe names one)
+    preview: str  # how `ft data preview` shows a row: tokens | pair | unpaired | prompt
+    description: str
+
+
+DATA_FORMS: dict[str, DataForm] = {
+    form.name: form
+    for form in (
+        DataForm("sft", ("sft", "text"), tokenized=True, packs=True, chat=True, preview="tokens",
+                 description="conversations or prompt/completion pairs; SFT also trains on raw text"),
+        DataForm("text", ("text",), tokenized=True, packs=True, chat=False, preview="tokens",
+                 description="raw documents, every token trained"),
+        DataForm("preference", ("preference",), tokenized=False, packs=False, chat=True, preview="pair",
+                 description="prompt + chosen + rejected answers"),
+        DataForm("unpaired_preference", ("unpaired_preference",), tokenized=False, packs=False, chat=True,
+                 preview="unpaired", description="prompt + completion + desirable or not"),
+        DataForm("prompt_only", ("prompt_only",), tokenized=False, packs=False, chat=True, preview="prompt",
+                 description="prompts whose answers are generated during training"),
+    )
+}
+
+
+def data_form(name: str) -> DataForm:
+    if name not in DATA_FORMS:
+        raise ValueError(f"unknown data form {name!r}; known: {', '.join(DATA_FORMS)}")
+    return DATA_FORMS[name]
