@@ -8,6 +8,7 @@ A format names the fields it reads (users map their own column names onto them w
 - preference:          {"prompt": ..., "chosen": ..., "rejected": ...}
 - unpaired_preference: {"prompt": ..., "completion": ..., "label": bool}
 - prompt_only:         {"prompt": ..., plus any extra columns, e.g. a reference answer}
+- classification:      {"text": str, "text_pair": str | None, "label": str | int | float | list}
 
 A row that does not fit raises `RowError`; the caller adds file and row number.
 """
@@ -206,3 +207,19 @@ def _prompt_only(row: dict[str, Any]) -> dict[str, Any]:
     if row.get("reference") is not None:
         out["reference"] = str(row["reference"])
     return out
+
+
+@register_format("classification", form="classification", fields=("text", "label"), optional=("text_pair",),
+                 description="text (or a text pair) + label: a class name or id, a list of them (multi-label), "
+                             "or a number (regression).")
+def _classification(row: dict[str, Any]) -> dict[str, Any]:
+    label = row.get("label")
+    if label is None or label == "" or label == []:
+        raise RowError("missing field 'label'")
+    labels = label if isinstance(label, list) else [label]
+    if not all(isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in labels):
+        raise RowError(f"field 'label' must be a class name, a class id, a number or a list of class names, "
+                       f"got {label!r}")
+    pair = row.get("text_pair")
+    return {"text": require_str(row, "text"), "text_pair": None if pair is None else require_str(row, "text_pair"),
+            "label": label}

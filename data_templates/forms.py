@@ -34,6 +34,8 @@ DATA_FORMS: dict[str, DataForm] = {
                  preview="unpaired", description="prompt + completion + desirable or not"),
         DataForm("prompt_only", ("prompt_only",), tokenized=False, packs=False, chat=True, preview="prompt",
                  description="prompts whose answers are generated during training"),
+        DataForm("classification", ("classification",), tokenized=False, packs=False, chat=False,
+                 preview="classification", description="a text (or text pair) and its label"),
     )
 }
 

@@ -9,6 +9,7 @@ the validation rows are held out and the train datasets mixed by weight (see `mi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +86,8 @@ def _bad_row(stats: DatasetStats, bad_rows: str, where: str, why: str, hint: str
     stats.first_bad = stats.first_bad or f"{where}: {why}"
 
 
-def canonical_rows(spec: DatasetSpec, bad_rows: str, stats: DatasetStats) -> list[Row]:
+def canonical_rows(spec: DatasetSpec, bad_rows: str, stats: DatasetStats,
+                   check_row: Callable[[dict[str, Any]], None] | None = None) -> list[Row]:
     """Rows of one dataset in the canonical form of its format, column mapping applied."""
     fmt = FORMATS[spec.format]
     out: list[Row] = []
@@ -96,6 +98,8 @@ def canonical_rows(spec: DatasetSpec, bad_rows: str, stats: DatasetStats) -> lis
                 example = fmt.convert(map_columns(row, spec.columns))
                 if fmt.form == "unpaired_preference":
                     _check_label_agrees(example, str(origin), labels)
+                if check_row is not None:
+                    check_row(example)
                 out.append((origin, example))
             except RowError as err:
                 _bad_row(stats, bad_rows, str(origin), str(err), f" (format {spec.format})")
@@ -211,7 +215,8 @@ def _lengths(dataset: Dataset) -> list[int]:
 
 
 def load_one(spec: DatasetSpec, name: str, data: DataSection, tokenizer: PreTrainedTokenizerBase,
-             form: str, loss_on: str) -> tuple[Dataset, DatasetStats]:
+             form: str, loss_on: str, check_row: Callable[[dict[str, Any]], None] | None = None
+             ) -> tuple[Dataset, DatasetStats]:
     """One dataset, ready to assemble: from the cache when it has it, else read and tokenized now."""
     stats = DatasetStats(name, tokenized=data_form(form).tokenized)
     key = cache.cache_key(spec, data, tokenizer, form=form, loss_on=loss_on) if stats.tokenized and data.cache else None
@@ -222,7 +227,7 @@ def load_one(spec: DatasetSpec, name: str, data: DataSection, tokenizer: PreTrai
             setattr(stats, attr, value)
         stats.cached, stats.lengths = True, _lengths(dataset)
         return dataset, stats
-    rows = canonical_rows(spec, data.bad_rows, stats)
+    rows = canonical_rows(spec, data.bad_rows, stats, check_row)
     if not stats.tokenized:
         return to_dataset([row for _, row in rows], name), stats
     dataset = to_dataset(tokenize_rows(tokenizer, rows, data, loss_on, stats), name)
@@ -270,11 +275,12 @@ def _assemble(train: list[tuple[Dataset, DatasetStats]], data: DataSection, seed
 
 
 def prepare_data(data: DataSection, tokenizer: PreTrainedTokenizerBase, form: str, *, loss_on: str = "assistant",
-                 seed: int = 42) -> PreparedData:
-    """Train and validation datasets for an objective consuming `form`, with per-dataset stats."""
-    train = [load_one(spec, f"train[{i}] {spec.path}", data, tokenizer, form, loss_on)
+                 seed: int = 42, check_row: Callable[[dict[str, Any]], None] | None = None) -> PreparedData:
+    """Train and validation datasets for an objective consuming `form`, with per-dataset stats.
+    `check_row` is the objective's own test of a canonical example (RowError for a bad one)."""
+    train = [load_one(spec, f"train[{i}] {spec.path}", data, tokenizer, form, loss_on, check_row)
              for i, spec in enumerate(data.train)]
-    given = [load_one(spec, f"validation[{i}] {spec.path}", data, tokenizer, form, loss_on)
+    given = [load_one(spec, f"validation[{i}] {spec.path}", data, tokenizer, form, loss_on, check_row)
              for i, spec in enumerate(data.validation)]
     notes: list[str] = []
     train_sets, held = _assemble(train, data, seed, notes)

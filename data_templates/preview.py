@@ -68,7 +68,14 @@ _PREVIEWS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
                               "rejected": _answer(tok, row["prompt"], row["rejected"])},
     "unpaired": lambda tok, row: {"completion": _answer(tok, row["prompt"], row["completion"]), "label": row["label"]},
     "prompt": lambda tok, row: {"prompt": _prompt(tok, row["prompt"]), **{k: v for k, v in row.items() if k != "prompt"}},
+    "classification": lambda tok, row: {**_classified(tok, row), "label": row["label"]},
 }
+
+
+def _classified(tokenizer: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """The ids a classifier reads (the tokenizer's own special tokens included); no token loss."""
+    ids = tokenizer(row["text"], row.get("text_pair"))["input_ids"]
+    return tokens(tokenizer, ids, [IGNORE_INDEX] * len(ids))
 
 
 def preview_example(tokenizer: Any, row: dict[str, Any], form: str) -> dict[str, Any]:
@@ -129,7 +136,7 @@ def styled(tokenizer: Any, example: dict[str, Any]) -> Text:
 def _parts(example: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The token sequences of one preview example, with a label for each."""
     if "input_ids" in example:
-        return [("", example)]
+        return [(f"(label {example['label']})" if "label" in example else "", example)]
     return [(f"{key}" + (f" (label {example['label']})" if key == "completion" else ""), value)
             for key, value in example.items() if isinstance(value, dict) and "input_ids" in value]
 

@@ -35,7 +35,8 @@ class ModelKind:
         return _attr(self.peft_auto_class)
 
 
-_DECODER_LAYERS = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+# `encoder.layer.<i>.` for BERT-style encoders.
+_DECODER_LAYERS = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 
 MODEL_KINDS: dict[str, ModelKind] = {
     kind.name: kind

@@ -156,15 +156,15 @@ def quantization_config(adapter: Any, hardware: Hardware) -> Any:
 
 
 def load_model(section: ModelSection, adapter: Any, hardware: Hardware, kind: str = "causal_lm",
-               num_labels: int | None = None) -> PreTrainedModel:
-    """The recipe's base model for training, with the head of model kind `kind`, full precision or 4-bit."""
+               config: dict[str, Any] | None = None) -> PreTrainedModel:
+    """The recipe's base model for training, with the head of model kind `kind`, full precision or
+    4-bit; `config` sets what the objective decides (a classifier's num_labels and label names)."""
     import torch
 
     kwargs: dict[str, Any] = {**_hub_kwargs(section), "dtype": getattr(torch, resolve_dtype(section.dtype, hardware))}
     if section.attn_implementation:
         kwargs["attn_implementation"] = section.attn_implementation
-    if num_labels is not None:
-        kwargs["num_labels"] = num_labels
+    kwargs.update(config or {})
     quant = quantization_config(adapter, hardware)
     if quant is not None:
         kwargs["quantization_config"] = quant

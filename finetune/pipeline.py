@@ -60,8 +60,8 @@ def load_data(recipe: RecipeBase, tokenizer: PreTrainedTokenizerBase, objective:
     from data_templates.prepare import prepare_data
 
     with PartialState().main_process_first():
-        return prepare_data(recipe.data, tokenizer, objective.data_form,
-                            loss_on=recipe.objective.loss_policy(), seed=recipe.seed)
+        return prepare_data(recipe.data, tokenizer, objective.data_form, loss_on=recipe.objective.loss_policy(),
+                            seed=recipe.seed, check_row=recipe.objective.check_row)
 
 
 def report_data(recipe: RecipeBase, data: PreparedData) -> None:
@@ -90,13 +90,13 @@ def base_section(recipe: RecipeBase, run_dir: Path) -> ModelSection:
 
 
 def build_model(recipe: RecipeBase, section: ModelSection, hardware: Hardware, objective: Objective,
-                tokenizer: PreTrainedTokenizerBase, template: ResolvedTemplate | None) -> Any:
+                tokenizer: PreTrainedTokenizerBase, template: ResolvedTemplate | None,
+                data: PreparedData | None = None) -> Any:
     from finetune.adapters import apply_adapter
     from finetune.models import load_model
 
-    # A sequence-classification head here is always a reward model: one scalar score.
-    num_labels = 1 if objective.model_head == "sequence_classification" else None
-    model = load_model(section, recipe.adapter, hardware, objective.model_head, num_labels=num_labels)
+    model = load_model(section, recipe.adapter, hardware, objective.model_head,
+                       config=recipe.objective.head_config(data))
     new_ids: list[int] = []
     if template is not None and template.added_tokens:
         old = model.get_input_embeddings().weight.shape[0]
@@ -140,7 +140,7 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     if is_main_process():
         report_data(recipe, data)
     section = base_section(recipe, run_dir)
-    model = build_model(recipe, section, hardware, objective, tokenizer, template)
+    model = build_model(recipe, section, hardware, objective, tokenizer, template, data)
     metrics_path = run_dir / "metrics.jsonl"
     checkpoint = run_files.last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:

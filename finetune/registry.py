@@ -29,6 +29,7 @@ ModelHead = str
 BUILTIN_OBJECTIVE_MODULES: tuple[str, ...] = (
     "finetune.sft",
     "finetune.pretrain",
+    "finetune.classify",
     "align.dpo",
     "align.reward",
     "align.kto",

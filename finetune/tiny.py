@@ -240,3 +240,23 @@ def build_tiny_model(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def build_tiny_encoder(tokenizer: PreTrainedTokenizerBase, out_dir: Path, *, hidden_size: int = 64,
+                       num_layers: int = 2, num_heads: int = 4, seed: int = 0) -> Path:
+    """Save a randomly initialised BERT-style encoder (with its masked-LM head) and `tokenizer` to
+    `out_dir`: it loads as AutoModelForSequenceClassification (a new head) or AutoModelForMaskedLM."""
+    import torch
+    from transformers import BertConfig, BertForPreTraining
+
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                        num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
+                        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # deterministic tests
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForPreTraining(config)  # MLM head and the pooler a classifier reads
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -243,6 +243,15 @@ class ObjectiveSection(Strict):
         so `ft validate` reports them instead of the trainer failing at `ft run`."""
         return []
 
+    def head_config(self, data: Any) -> dict[str, Any]:
+        """Settings of the model's config this objective decides (a classifier's labels, say), given
+        the prepared data (`finetune.pipeline`) or None when only the recipe is known."""
+        return {}
+
+    def check_row(self, example: dict[str, Any]) -> None:
+        """Raise data_templates.formats.RowError when a canonical example does not fit this
+        objective's settings (a label outside its label set, say); the data layer adds file:row."""
+
 
 # --------------------------------------------------------------------------------------- recipe
 class RecipeBase(Strict):
