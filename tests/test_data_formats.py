@@ -38,6 +38,8 @@ GOLDEN: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "unpaired_preference": ({"prompt": "2+2=", "completion": "5", "label": "false"},
                             {"prompt": "2+2=", "completion": "5", "label": False}),
     "prompt_only": ({"prompt": "2+2=", "reference": 4}, {"prompt": "2+2=", "reference": "4"}),
+    "classification": ({"text": "Great film.", "label": "positive", "id": 3},
+                       {"text": "Great film.", "text_pair": None, "label": "positive"}),
 }
 
 
