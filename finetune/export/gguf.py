@@ -159,8 +159,13 @@ def _check_type(type: str) -> tuple[str, str | None]:
     return name, None
 
 
-def write_gguf(model_dir: Path, out_file: Path, type: str = "f16") -> GgufResult:
+def write_gguf(model_dir: Path, out_file: Path, type: str = "f16", name: str | None = None) -> GgufResult:
     """Write the transformers model in `model_dir` to `out_file` as GGUF of `type`.
+
+    `name` is `general.name` (default: the directory's name). Readers key family quirks on it:
+    llama.cpp gives special tokens Phi-3's strip rules when it contains "phi3", and transformers
+    5.23's GGUF loader reads a llama file whose name contains "mistral" as a Mistral, which
+    gguf 0.19 has no tensor map for, so it cannot load it.
 
     A type only `llama-quantize` makes (q4_k_m, ...) is written as f16; the result carries the
     command that turns it into the requested type, and a notice says so.
@@ -187,7 +192,7 @@ def write_gguf(model_dir: Path, out_file: Path, type: str = "f16") -> GgufResult
     arch_name = gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, spec.gguf_arch)]
     try:
         writer = gguf.GGUFWriter(str(tmp), arch_name)
-        writer.add_name(model_dir.name)
+        writer.add_name(name or model_dir.name)
         writer.add_file_type(int(file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         gguf_arch.write_hparams(writer, cfg, spec)
