@@ -212,3 +212,37 @@ def test_llama_cpp_greedy_equals_transformers(models: dict[str, Path], arch: str
     finally:
         llm.close()
     assert got == expected
+
+
+@pytest.mark.slow
+def test_llama3_rope_scaling_matches_in_llama_cpp(models: dict[str, Path], tmp_path: Path) -> None:
+    """Llama 3.1's "llama3" rope goes into a rope_freqs tensor; llama.cpp then computes the same logits.
+
+    transformers' GGUF loader ignores rope_freqs (it reads no rope scaling for llama), so this
+    file is checked with llama.cpp only; without llama-cpp-python the test skips.
+    """
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    scaled = tmp_path / "llama31"
+    shutil.copytree(models["llama"], scaled)
+    config = json.loads((scaled / "config.json").read_text())
+    # A short original context so that the 8 frequencies of head_dim 16 fall in all three bands.
+    config["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    (scaled / "config.json").write_text(json.dumps(config))
+    result = _export(scaled, tmp_path, "f32")
+    tok = AutoTokenizer.from_pretrained(scaled)
+    ids = tok.encode(" ".join(TEXTS), add_special_tokens=False)
+    with torch.no_grad():
+        reference = AutoModelForCausalLM.from_pretrained(scaled, dtype=torch.float32)(torch.tensor([ids])).logits[0]
+        plain = AutoModelForCausalLM.from_pretrained(models["llama"], dtype=torch.float32)(torch.tensor([ids])).logits[0]
+    llm = llama_cpp.Llama(str(result.path), n_ctx=256, verbose=False, logits_all=True)
+    try:
+        llm.eval(ids)
+        got = np.asarray(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    assert np.abs(got - reference.numpy()).max() < 1e-2  # llama.cpp's own arithmetic: ~2e-3 on f32 files
+    assert np.abs(plain.numpy() - reference.numpy()).max() > 0.1, "the scaling must matter for the test to mean anything"

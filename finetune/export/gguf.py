@@ -146,6 +146,8 @@ def _write_tensors(writer: Any, model_dir: Path, plan: dict[str, str], cfg: dict
                     fallbacks.append(plan[hf_name])
                 encoded, raw = _encode(data, chosen, gguf)
                 writer.add_tensor(plan[hf_name], encoded, raw_dtype=raw)
+    for name, data in gguf_arch.extra_tensors(cfg, spec).items():
+        writer.add_tensor(name, data.astype(np.float32))
     return fallbacks
 
 
@@ -177,7 +179,7 @@ def write_gguf(model_dir: Path, out_file: Path, type: str = "f16", name: str | N
     written, quantize_to = _check_type(type)
     cfg = _read_config(model_dir)
     spec = gguf_arch.arch_spec(cfg)
-    gguf_arch.check_hparams(cfg)
+    gguf_arch.check_hparams(cfg, spec)
     plan = _plan_names(model_dir, cfg, spec)
     gguf_tokenizer.check_tokenizer(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -214,4 +216,5 @@ def write_gguf(model_dir: Path, out_file: Path, type: str = "f16", name: str | N
         notice(f"GGUF type {type} needs llama.cpp's llama-quantize; wrote f16 to {out_file}. Run: {command}")
     if fallbacks:
         notice(f"GGUF {written}: {len(fallbacks)} tensors kept as f16 (rows not a multiple of the block size)")
-    return GgufResult(out_file, written, type.lower(), arch_name, len(plan), command, fallbacks)
+    tensors = len(plan) + len(gguf_arch.extra_tensors(cfg, spec))
+    return GgufResult(out_file, written, type.lower(), arch_name, tensors, command, fallbacks)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import numpy as np
 
 from finetune.errors import FtError
@@ -28,13 +30,6 @@ class ArchSpec:
 
 
 def _gemma2_extra(writer: Any, cfg: dict[str, Any]) -> None:
-    head_dim = cfg["head_dim"]
-    # llama.cpp scales queries by 1/sqrt(head_dim) and has no key for query_pre_attn_scalar.
-    if cfg.get("query_pre_attn_scalar", head_dim) != head_dim:
-        raise FtError(
-            f"Gemma 2 with query_pre_attn_scalar={cfg['query_pre_attn_scalar']} != head_dim={head_dim} "
-            "cannot be described in GGUF metadata; ft does not convert it"
-        )
     if cfg.get("attn_logit_softcapping") is not None:
         writer.add_attn_logit_softcapping(float(cfg["attn_logit_softcapping"]))
     if cfg.get("final_logit_softcapping") is not None:
@@ -86,7 +81,7 @@ def _add_rope_scaling(writer: Any, rope: dict[str, Any]) -> None:
     import gguf
 
     kind = rope["rope_type"]
-    if kind == "default":
+    if kind in ("default", "llama3"):  # llama3 is carried by the rope_freqs tensor (extra_tensors)
         return
     if kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -99,11 +94,17 @@ def _add_rope_scaling(writer: Any, rope: dict[str, Any]) -> None:
         raise FtError(f"GGUF export supports rope types default, linear and yarn; this model uses {kind!r}")
 
 
-def check_hparams(cfg: dict[str, Any]) -> None:
+def check_hparams(cfg: dict[str, Any], spec: ArchSpec) -> None:
     """Refuse up front what the metadata cannot express (before any file is opened)."""
     kind = _rope(cfg)["rope_type"]
-    if kind not in ("default", "linear", "yarn"):
-        raise FtError(f"GGUF export supports rope types default, linear and yarn; this model uses {kind!r}")
+    if kind not in ("default", "linear", "yarn") and not (kind == "llama3" and spec.gguf_arch == "LLAMA"):
+        raise FtError(f"GGUF export supports rope types default, linear and yarn (and llama3 for Llama); "
+                      f"this model uses {kind!r}")
+    # llama.cpp scales Gemma 2's queries by 1/sqrt(head_dim) and has no key for query_pre_attn_scalar.
+    scalar = cfg.get("query_pre_attn_scalar")
+    if cfg.get("model_type") == "gemma2" and scalar is not None and scalar != head_dim(cfg):
+        raise FtError(f"Gemma 2 with query_pre_attn_scalar={scalar} != head_dim={head_dim(cfg)} cannot be "
+                      "described in GGUF metadata; ft does not convert it")
     if float(cfg.get("partial_rotary_factor", 1.0)) != 1.0 and cfg.get("model_type") != "phi3":
         raise FtError("GGUF export of a partial-rotary model other than Phi-3 is not supported")
 
@@ -144,3 +145,29 @@ def transform(hf_name: str, data: np.ndarray, cfg: dict[str, Any], spec: ArchSpe
     if spec.norm_plus_one and hf_name.endswith("norm.weight"):
         return data + 1.0
     return data
+
+
+def extra_tensors(cfg: dict[str, Any], spec: ArchSpec) -> dict[str, np.ndarray]:
+    """Tensors llama.cpp needs that the checkpoint does not hold: Llama 3.1's rope factors.
+
+    Llama 3.1+ ("llama3" rope) stretches the long-wavelength rotary frequencies; llama.cpp reads the
+    per-frequency divisor from a `rope_freqs` tensor, computed here from the config as Meta defines it.
+    """
+    rope = _rope(cfg)
+    if rope["rope_type"] != "llama3":
+        return {}
+    dim = head_dim(cfg)
+    factor = float(rope.get("factor", 8.0))
+    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
+    old_ctx = float(rope.get("original_max_position_embeddings", 8192))
+    factors = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi * float(rope["rope_theta"]) ** (i / dim)
+        if wavelen < old_ctx / high:
+            factors.append(1.0)
+        elif wavelen > old_ctx / low:
+            factors.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            factors.append(1.0 / ((1 - smooth) / factor + smooth))
+    return {"rope_freqs.weight": np.asarray(factors, dtype=np.float32)}
