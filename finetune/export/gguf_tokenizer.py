@@ -4,8 +4,9 @@ ft describes only tokenizers it can describe exactly. A byte-level BPE (GPT-2, L
 and ft's tiny models) is stored as llama.cpp's `gpt2` model, with the pre-tokenizer named by
 `tokenizer.ggml.pre`. The name is chosen from what `tokenizer.json` actually does (its split
 regex), never guessed from a hash table: the names used are ones both llama.cpp and
-transformers' GGUF loader implement with that regex. Anything else is refused before a file is
-opened.
+transformers' GGUF loader implement with that regex. A SentencePiece-style BPE (Llama 2,
+Mistral: `▁` for spaces, `<0xXX>` byte fallback) is stored as llama.cpp's `llama` model with a
+score per token that reproduces the merge order. Anything else is refused before a file is opened.
 """
 
 from __future__ import annotations
@@ -18,19 +19,22 @@ from typing import Any
 from finetune.errors import FtError
 
 # llama.cpp token types (gguf.TokenType): the values, so this module imports without gguf.
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 SUPPORTED = (
     "byte-level BPE with the GPT-2 split (pre 'gpt-2'), the Llama 3 split (pre 'llama-bpe') "
-    "or the Qwen 2 split (pre 'qwen2')"
+    "or the Qwen 2 split (pre 'qwen2'), and SentencePiece-style BPE with byte fallback (Llama 2, Mistral)"
 )
+_SPACE = "\u2581"
 
 
 @dataclass(frozen=True)
 class GgufVocab:
     """Everything `write_tokenizer` puts in the file."""
 
+    model: str  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
     pre: str
+    scores: list[float] | None
     tokens: list[str]
     types: list[int]
     merges: list[str]
@@ -47,8 +51,18 @@ def _known_splits() -> dict[str, str]:
     return {splits["llama-bpe"]: "llama-bpe", splits["qwen2"]: "qwen2"}
 
 
+def _is_sentencepiece(tok_json: dict[str, Any]) -> bool:
+    """Llama 2 / Mistral layout: byte fallback, `▁` prepended to the first word, no other splitting."""
+    model, pre = tok_json.get("model", {}), tok_json.get("pre_tokenizer") or {}
+    return (model.get("type") == "BPE" and bool(model.get("byte_fallback")) and tok_json.get("normalizer") is None
+            and pre.get("type") == "Metaspace" and pre.get("replacement") == _SPACE
+            and pre.get("prepend_scheme") == "first" and not pre.get("split", True))
+
+
 def _pre_name(tok_json: dict[str, Any]) -> str:
     """The `tokenizer.ggml.pre` that reproduces this tokenizer.json's pre-tokenizer, or FtError."""
+    if _is_sentencepiece(tok_json):
+        return "default"
     pre = tok_json.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
         return "gpt-2"
@@ -69,6 +83,8 @@ def check_tokenizer(model_dir: Path) -> dict[str, Any]:
         raise FtError(f"{model_dir} has no tokenizer.json; GGUF export converts {SUPPORTED}")
     tok_json = json.loads(path.read_text(encoding="utf-8"))
     model = tok_json.get("model", {})
+    if _is_sentencepiece(tok_json):
+        return tok_json
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         raise FtError(f"{path}: a {model.get('type')} tokenizer (byte_fallback={model.get('byte_fallback')}) "
                       f"is not supported by ft's GGUF export; ft converts {SUPPORTED}")
@@ -83,6 +99,14 @@ def _merges(model: dict[str, Any]) -> list[str]:
     return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
 
 
+def _sentencepiece_scores(tok_json: dict[str, Any], tokens: list[str]) -> list[float]:
+    """llama.cpp's SentencePiece tokenizer merges the pair whose result scores highest, so a token
+    made by merge r scores -r: the merge order transformers applies."""
+    rank = {"".join(m if isinstance(m, list) else m.split(" ")): -float(r)
+            for r, m in reversed(list(enumerate(tok_json["model"].get("merges", []))))}
+    return [rank.get(t, 0.0) for t in tokens]
+
+
 def build_vocab(model_dir: Path, tokenizer: Any, vocab_size: int, eot: list[str], template: str | None) -> GgufVocab:
     """The GGUF vocabulary of `tokenizer`, padded to the model's embedding rows like llama.cpp does."""
     tok_json = check_tokenizer(model_dir)
@@ -95,6 +119,11 @@ def build_vocab(model_dir: Path, tokenizer: Any, vocab_size: int, eot: list[str]
         raise FtError(f"{model_dir}: the tokenizer has id {max(by_id)} but the model only {vocab_size} embeddings")
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
     token_types = [types.get(i, UNUSED) for i in range(vocab_size)]
+    spm = _is_sentencepiece(tok_json)
+    if spm:  # byte-fallback pieces and unk get their own types, as in a SentencePiece model
+        unk = tok_json["model"].get("unk_token")
+        token_types = [BYTE if len(t) == 6 and t.startswith("<0x") and t.endswith(">") and k == NORMAL
+                       else UNKNOWN if t == unk else k for t, k in zip(tokens, token_types)]
     special = {
         name: getattr(tokenizer, f"{name}_token_id")
         for name in ("bos", "eos", "unk", "pad")
@@ -104,6 +133,7 @@ def build_vocab(model_dir: Path, tokenizer: Any, vocab_size: int, eot: list[str]
     probe = tokenizer.encode("a")
     add_bos = tokenizer.bos_token_id is not None and bool(probe) and probe[0] == tokenizer.bos_token_id
     return GgufVocab(
+        model="llama" if spm else "gpt2", scores=_sentencepiece_scores(tok_json, tokens) if spm else None,
         pre=_pre_name(tok_json), tokens=tokens, types=token_types, merges=_merges(tok_json["model"]),
         special_ids=special, eot_id=eot_ids[0] if eot_ids else special.get("eos"), add_bos=add_bos,
         chat_template=template,
@@ -111,10 +141,13 @@ def build_vocab(model_dir: Path, tokenizer: Any, vocab_size: int, eot: list[str]
 
 
 def write_tokenizer(writer: Any, vocab: GgufVocab) -> None:
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
+        writer.add_add_space_prefix(True)  # Metaspace prepend_scheme "first"
     writer.add_token_merges(vocab.merges)
     adders = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
               "unk": writer.add_unk_token_id, "pad": writer.add_pad_token_id}
