@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.export.gguf import write_gguf  # noqa: E402
+from finetune.export.gguf import write_gguf
 
 PROMPT = [{"role": "user", "content": "What does a tokenizer do?"}]
 

@@ -51,7 +51,8 @@ def build_spm_tokenizer(chat_template: str):
     """A Llama-2/Mistral-style tokenizer.json: BPE over `▁`-prefixed pieces, <0xXX> byte fallback,
     Metaspace(prepend first, no split). Trained with word splits like SentencePiece, then saved
     the way transformers saves Llama's."""
-    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tok_models
     from transformers import PreTrainedTokenizerFast
 
     trainer_tok = Tokenizer(tok_models.BPE())

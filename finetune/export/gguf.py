@@ -98,7 +98,7 @@ def _plan_names(model_dir: Path, cfg: dict[str, Any], spec: gguf_arch.ArchSpec) 
     plan: dict[str, str] = {}
     for path in _weight_files(model_dir):
         with safe_open(str(path), framework="pt") as handle:
-            for hf_name in handle.keys():
+            for hf_name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
                 if hf_name.endswith("rotary_emb.inv_freq"):
                     continue
                 if hf_name.startswith("lm_head.") and cfg.get("tie_word_embeddings"):
@@ -137,7 +137,7 @@ def _write_tensors(writer: Any, model_dir: Path, plan: dict[str, str], cfg: dict
     fallbacks = []
     for path in _weight_files(model_dir):
         with safe_open(str(path), framework="pt") as handle:
-            for hf_name in handle.keys():
+            for hf_name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
                 if hf_name not in plan:
                     continue
                 data = gguf_arch.transform(hf_name, handle.get_tensor(hf_name).float().numpy(), cfg, spec)

@@ -8,11 +8,10 @@ its RMSNorm weights with the +1 that its forward pass adds, Phi-3 keeps qkv and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import math
 
 import numpy as np
 

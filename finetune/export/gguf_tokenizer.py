@@ -46,7 +46,9 @@ class GgufVocab:
 
 def _known_splits() -> dict[str, str]:
     """Split regex -> GGUF pre name, for the names llama.cpp and transformers both implement."""
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS as splits
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        GGUF_PRE_TOKENIZER_SPLITS as splits,
+    )
 
     return {splits["llama-bpe"]: "llama-bpe", splits["qwen2"]: "qwen2"}
 

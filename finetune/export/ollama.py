@@ -12,13 +12,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_templates.chat_templates import TEMPLATES
 from finetune.errors import FtError
 from finetune.export.ollama_templates import GO_TEMPLATES, match_template
 from finetune.export.turns import chat_template_of, end_of_turn_tokens
 from finetune.notices import notice
 from finetune.outputs import write_atomic
-
-from data_templates.chat_templates import TEMPLATES
 
 
 @dataclass(frozen=True)
