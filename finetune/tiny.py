@@ -156,12 +156,23 @@ def _gemma(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
     return GemmaConfig(**kw, head_dim=dims.head_dim)
 
 
+def _qwen3(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
+    from transformers import Qwen3Config
+
+    # Qwen3 decouples head_dim from hidden_size; every released Qwen3 uses 128, and transformers'
+    # GGUF loader assumes the default (it reads no key_length for qwen3), so the tiny one does too.
+    return Qwen3Config(**kw, head_dim=128)
+
+
 def _gemma2(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
     from transformers import Gemma2Config
 
     # Gemma 2 ties the output layer to the input embeddings (the case where rows that a chat template
-    # adds must be trained once for both) and soft-caps attention and final logits.
-    return Gemma2Config(**kw, head_dim=dims.head_dim, tie_word_embeddings=True)
+    # adds must be trained once for both) and soft-caps attention and final logits. It scales queries
+    # by query_pre_attn_scalar (default 256) and llama.cpp by 1/sqrt(head_dim), which agree for the
+    # 2B/9B models. GGUF has no key for the scalar, so transformers' GGUF loader takes the default:
+    # head_dim 256 keeps all three the same model (q/k/v are 64 -> 1024 here).
+    return Gemma2Config(**kw, head_dim=256, query_pre_attn_scalar=256, tie_word_embeddings=True)
 
 
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], _Dims], PretrainedConfig]] = {
@@ -170,6 +181,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], _Dims], PretrainedConfig]] = 
     "mistral": _mistral,
     "phi3": _phi3,
     "gemma": _gemma,
+    "qwen3": _qwen3,
     "gemma2": _gemma2,
 }
 
