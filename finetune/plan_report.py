@@ -77,9 +77,12 @@ def _zero3(s: Setup) -> tuple[Setup, str] | None:
 
 
 def _offload(s: Setup) -> tuple[Setup, str] | None:
-    if s.offload != "none":
+    if s.offload != "none" or s.adapter == "qlora":
         return None
-    return replace(s, offload="optimizer"), "offload optimizer states to CPU (zero2/zero3 offload)"
+    # CPU offload is a DeepSpeed (or FSDP) feature: under ddp it means ZeRO-2 with the optimizer offloaded.
+    strategy = "zero2" if s.strategy == "ddp" else s.strategy
+    return (replace(s, offload="optimizer", strategy=strategy),
+            f"training.distributed={strategy} with optimizer states offloaded to CPU")
 
 
 def _qlora(s: Setup) -> tuple[Setup, str] | None:
