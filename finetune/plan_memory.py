@@ -142,7 +142,8 @@ def optimizer_bytes(params: int, fp32_params: int, s: Setup, hidden: int) -> tup
 
 
 def _aux_bytes(arch: Arch, s: Setup) -> float:
-    """Frozen reference/reward models are another copy of the weights; a value model is trained in full."""
+    """Frozen reference/reward models are another copy of the policy's weights (a reward model is assumed to be
+    the policy's size); a value model is trained in full, its optimizer states in the weights dtype."""
     copy = arch.total * DTYPE_BYTES[s.dtype]
     value = optimizer_bytes(arch.total, 0, replace(s, strategy="ddp"), arch.hidden)[0]
     return sum(copy + (copy + value if name == "value" else 0) for name in s.aux)

@@ -150,3 +150,22 @@ def test_estimate_against_measured_rss(mode: str) -> None:
                                                                         "OMP_NUM_THREADS": "1"}).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert abs(result["error"]) < 0.35, result
+
+
+def test_partial_finetune_ppo_models_and_strategy_option() -> None:
+    a = arch(QWEN05)
+    layer = (896 * 896 + 896) + 2 * (896 * 128 + 128) + 896 * 896 + 3 * 896 * 4864 + 2 * 896
+    part = estimate(a, Setup(adapter="none", trainable_layers=(-1,), trainable_modules=("norm",)))
+    assert part.trainable_params == layer + 896  # last layer + final norm
+    base = ["plan", "recipes/ppo.yaml", f"model.name_or_path={QWEN05}", "--json"]
+    ppo = CliRunner().invoke(cli.app, [*base, "objective.reward_model=" + QWEN05])
+    assert ppo.exit_code == 0, ppo.output
+    out = json.loads(ppo.output)
+    weights = 494_032_768 * 2
+    # LoRA policy: reward model (a weights copy) and a value model trained in full (weights, grads, 2 bf16 states).
+    assert out["setup"]["aux"] == ["reward", "value"]
+    assert out["bytes_per_device"]["models"] == weights + (weights + weights + 2 * weights)
+    fsdp = json.loads(CliRunner().invoke(cli.app, [*base, "--strategy", "fsdp", "--gpus", "2"]).output)
+    assert fsdp["bytes_per_device"]["weights"] == weights / 2 and fsdp["bytes_per_device"]["models"] == 5 * weights / 2
+    bad = CliRunner().invoke(cli.app, [*base, "--strategy", "zero9"])
+    assert bad.exit_code == 2 and "--strategy zero9" in bad.output
