@@ -207,6 +207,25 @@ def validate(
 
 
 @app.command()
+def plan(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    gpu_memory: Annotated[str | None, typer.Option("--gpu-memory", help="Memory per GPU: 24GiB, 80GB, 24 (GiB).")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs the run shards over.")] = 1,
+    strategy: Annotated[str | None, typer.Option("--strategy", help="ddp, fsdp, zero2, zero3 (default: the recipe's).")] = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="For a pipeline: the stage to plan.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Estimate parameters and memory per GPU of RECIPE from the model's config.json (no weights, no torch)."""
+    with _user_errors():
+        from finetune.plan_report import as_json as to_json
+        from finetune.plan_report import as_table, plan as make_plan
+
+        result = make_plan(_stage_or_recipe(recipe, overrides, stage), gpu_memory, gpus, strategy)
+        typer.echo(json.dumps(to_json(result), indent=2) if as_json else as_table(result))
+
+
+@app.command()
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (or its final/).")],
     prompt: Annotated[str, typer.Option(help="The user message.")],
