@@ -40,6 +40,15 @@ class Interrupted(FtError):
     exit_code = INTERRUPTED_EXIT_CODE
 
 
+def interrupted(message: str) -> Interrupted:
+    """The error a stopped run ends with. A worker of `ft run --nproc N` exits 0 with it, so the
+    launcher does not report a failure; the parent, which forwarded the signal, returns 75."""
+    err = Interrupted(message)
+    if os.environ.get("FT_LAUNCHED") == "1":  # finetune.launch.LAUNCHED_ENV (launch imports this module)
+        err.exit_code = 0
+    return err
+
+
 class StoppedAtOnce(FtError):
     """A second signal: stop immediately, without saving the current step."""
 

@@ -127,11 +127,11 @@ def run_guards(recipe: RecipeBase) -> list[Any]:
 
 def raise_if_interrupted(stop: Any, recipe: RecipeBase, run_dir: Path) -> None:
     """After a signal, the run ends here (no final/, no manifest) with the command that continues it."""
-    from finetune.guards import Interrupted
+    from finetune.guards import interrupted
     from finetune.resume import resume_command
 
     if stop.stopped_at is not None:
-        raise Interrupted(f"{stop.requested} received: stopped after step {stop.stopped_at}, saved in "
+        raise interrupted(f"{stop.requested} received: stopped after step {stop.stopped_at}, saved in "
                           f"{run_dir / 'checkpoints' / f'checkpoint-{stop.stopped_at}'}. Continue with:\n  "
                           f"{resume_command(recipe)}")
 

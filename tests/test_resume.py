@@ -70,3 +70,61 @@ def test_sft_resumed_after_sigterm_reproduces_the_uninterrupted_losses(tiny_mode
     got = interrupted_then_resumed(recipe, tmp_path / "resumed", lr, stop_at=4)
     assert sorted(got) == sorted(expected) == [1, 2, 3, 4, 5, 6]  # metrics.jsonl continued, no duplicates
     assert all(abs(got[s] - expected[s]) <= TOLERANCE for s in expected), (got, expected)
+
+
+def _ft(*args: str) -> list[str]:
+    import sys
+
+    return [str(Path(sys.executable).with_name("ft")), *args]
+
+
+def _env() -> dict[str, str]:
+    from tests._runs import ROOT
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _logged_steps(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return sum(1 for line in path.read_text().splitlines() if '"loss"' in line) if path.exists() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_ft_run_killed_by_sigterm_saves_and_resumes_to_the_same_losses(tiny_models: dict[str, Path],
+                                                                       tmp_path: Path, nproc: int) -> None:
+    import subprocess
+    import time
+
+    from tests._runs import ROOT
+
+    recipe = write_recipe(tmp_path, tiny_models["llama"])
+    args = ["training.max_steps=24", "training.save_steps=10", "training.batch_size=1", f"--nproc={nproc}"]
+    full = subprocess.run(_ft("run", str(recipe), *args, f"output_dir={tmp_path / 'full'}"), env=_env(),
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert full.returncode == 0, full.stderr[-3000:]
+    run_dir = tmp_path / "stopped"
+    command = _ft("run", str(recipe), *args, f"output_dir={run_dir}")
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 240
+    while _logged_steps(run_dir) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == INTERRUPTED_EXIT_CODE, err[-3000:]
+    stopped_at = _logged_steps(run_dir)
+    assert 3 <= stopped_at < 24
+    assert f"stopped after step {stopped_at}" in err and "Done" not in out
+    assert f"{' '.join(command[1:])} --resume" in err  # the exact command that continues the run
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{stopped_at}"
+    assert (checkpoint / "trainer_state.json").is_file() and (checkpoint / "adapter_model.safetensors").is_file()
+    assert_no_half_written_files(run_dir)
+    resumed = subprocess.run([*command, "--resume"], env=_env(), capture_output=True, text=True, timeout=300,
+                             cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    read = lambda d: {m["step"]: m["loss"] for m in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+                      if "loss" in m}  # noqa: E731
+    expected, got = read(tmp_path / "full"), read(run_dir)
+    assert sorted(got) == sorted(expected) == list(range(1, 25))
+    assert all(abs(got[s] - expected[s]) <= TOLERANCE for s in expected), (got, expected)
+    assert_no_half_written_files(run_dir)
