@@ -20,6 +20,7 @@ from finetune.guards import INTERRUPTED_EXIT_CODE, Interrupted
 from finetune.resume import STAMP, ResumeError
 from finetune.pipeline import run
 from finetune.recipe.loader import load_recipe
+from tests._runs import CHAT_DATA as CHAT
 from tests._runs import train, write_recipe
 
 TOLERANCE = 1e-5
@@ -59,6 +60,7 @@ def interrupted_then_resumed(recipe: Path, tmp: Path, *overrides: str, stop_at: 
     return losses(resumed.metrics)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapter", ["lora", "none"])
 def test_sft_resumed_after_sigterm_reproduces_the_uninterrupted_losses(tiny_models: dict[str, Path], tmp_path: Path,
                                                                         adapter: str) -> None:
@@ -70,6 +72,124 @@ def test_sft_resumed_after_sigterm_reproduces_the_uninterrupted_losses(tiny_mode
     got = interrupted_then_resumed(recipe, tmp_path / "resumed", lr, stop_at=4)
     assert sorted(got) == sorted(expected) == [1, 2, 3, 4, 5, 6]  # metrics.jsonl continued, no duplicates
     assert all(abs(got[s] - expected[s]) <= TOLERANCE for s in expected), (got, expected)
+
+
+@pytest.mark.slow
+def test_dpo_resumed_after_sigterm_reproduces_the_uninterrupted_losses(align_model: Path, align_data: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, align_model, data=align_data["pairs"], fmt="preference", objective="dpo")
+    fast = ("training.max_steps=6", "data.max_length=64", "objective.beta=0.5")
+    full, _ = train(recipe, *fast)
+    expected = losses(full.metrics)
+    got = interrupted_then_resumed(recipe, tmp_path / "resumed", *fast, stop_at=4)
+    assert sorted(got) == sorted(expected) == [1, 2, 3, 4, 5, 6]
+    assert all(abs(got[s] - expected[s]) <= TOLERANCE for s in expected), (got, expected)
+
+
+def test_resume_refuses_a_recipe_that_changes_training_and_accepts_harmless_changes(
+        tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notices: list[str]) -> None:
+    import finetune.models
+
+    data = tmp_path / "chat.jsonl"
+    shutil.copyfile(CHAT, data)
+    recipe = write_recipe(tmp_path, tiny_models["llama"], data=data)
+    train(recipe, "training.max_steps=3")
+    load_tokenizer = finetune.models.load_tokenizer
+
+    def must_not_load(*_: Any) -> None:
+        raise AssertionError("a refused resume loaded the tokenizer")
+
+    monkeypatch.setattr(finetune.models, "load_tokenizer", must_not_load)
+    with pytest.raises(ResumeError) as refused:
+        train(recipe, "training.max_steps=3", "training.learning_rate=0.05", "data.max_length=64",
+              "adapter.r=8", "training.max_steps=2", resume=True)
+    message = str(refused.value)
+    for line in ("training.learning_rate: 0.01 -> 0.05", "data.max_length: 128 -> 64", "adapter.r: 16 -> 8",
+                 "training.max_steps: 3 -> 2", "checkpoint-3"):
+        assert line in message, message
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ResumeError, match=r"world size: 1 -> 2 processes.*--nproc 1"):
+        train(recipe, "training.max_steps=3", resume=True)
+    monkeypatch.delenv("WORLD_SIZE")
+    data.write_text(data.read_text() + data.read_text().splitlines(keepends=True)[0])
+    with pytest.raises(ResumeError, match=r"data.train\[0\] .*content changed"):
+        train(recipe, "training.max_steps=3", resume=True)
+    data.write_text("".join(data.read_text().splitlines(keepends=True)[:-1]))
+
+    monkeypatch.setattr(finetune.models, "load_tokenizer", load_tokenizer)
+    resumed, _ = train(recipe, "training.max_steps=5", "training.logging_steps=2", "training.save_steps=5",
+                       "training.progress_bar=true", resume=True)
+    # Logged every 2 steps after step 3, and at the last step.
+    assert [m["step"] for m in resumed.metrics if "loss" in m] == [1, 2, 3, 4, 5]
+    allowed = next(n for n in notices if n.startswith("resuming checkpoint-3 with changes"))
+    for line in ("training.max_steps: 3 -> 5", "training.logging_steps: 1 -> 2", "training.progress_bar: false -> true"):
+        assert line in allowed
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_complete_one(tiny_models: dict[str, Path], tmp_path: Path,
+                                                                      notices: list[str]) -> None:
+    recipe = write_recipe(tmp_path, tiny_models["llama"])
+    first, _ = train(recipe)  # checkpoints 3 and 6
+    expected = losses(first.metrics)
+    checkpoints = first.run_dir / "checkpoints"
+    optimizer = checkpoints / "checkpoint-6" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
+    resumed, _ = train(recipe, resume=True)
+    fallback = next(n for n in notices if n.startswith("resuming from checkpoint-3 instead"))
+    assert str(optimizer) in fallback and "delete it" in fallback
+    got = losses(resumed.metrics)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    assert all(abs(got[s] - expected[s]) <= TOLERANCE for s in expected)
+
+    for checkpoint in checkpoints.glob("checkpoint-*"):
+        (checkpoint / "trainer_state.json").write_text('{"global_step": 3,')
+    with pytest.raises(ResumeError, match=r"no complete checkpoint.*trainer_state.json: not valid JSON"):
+        train(recipe, resume=True)
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("optimizer.pt", lambda b: b[: len(b) // 2]),
+    ("scheduler.pt", lambda b: b"garbage" * 10),
+    ("rng_state.pth", lambda b: b[:-20]),
+    ("trainer_state.json", lambda b: b[: len(b) // 2]),
+    ("adapter_model.safetensors", lambda b: b[:-4]),
+    ("adapter_model.safetensors", lambda b: b"\xff" * 64),
+    ("trainer_state.json", None),
+])
+def test_each_damaged_checkpoint_file_is_named(tiny_models: dict[str, Path], tmp_path: Path,
+                                               name: str, damage: Any) -> None:
+    from finetune.resume import checkpoint_problem
+
+    recipe = write_recipe(tmp_path, tiny_models["llama"])
+    first, _ = train(recipe, "training.max_steps=1", "training.save_steps=1")
+    checkpoint = first.run_dir / "checkpoints" / "checkpoint-1"
+    assert checkpoint_problem(checkpoint) is None
+    path = checkpoint / name
+    if damage is None:
+        path.unlink()
+    else:
+        path.write_bytes(damage(path.read_bytes()))
+    problem = checkpoint_problem(checkpoint)
+    assert problem is not None and str(path) in problem
+
+
+def test_a_diverging_run_stops_naming_the_step_and_writes_no_broken_checkpoint(tiny_models: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    recipe = write_recipe(tmp_path, tiny_models["llama"], adapter="none")
+    with pytest.raises(TrainingError, match=r"training diverged at step (\d+): gradient norm is nan") as failed:
+        train(recipe, "training.learning_rate=1e30", "training.save_steps=1", "training.max_steps=20")
+    assert failed.value.exit_code == 1
+    step = int(__import__("re").search(r"step (\d+)", str(failed.value)).group(1))
+    run_dir = tmp_path / "run"
+    saved = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
+    assert saved and max(saved) == step - 1, "the last good checkpoint is kept, nothing after it"
+    assert f"checkpoint-{step - 1}" in str(failed.value)
+    weights = load_file(run_dir / "checkpoints" / f"checkpoint-{step - 1}" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not (run_dir / "final").exists() and not (run_dir / "manifest.json").exists()
 
 
 def _ft(*args: str) -> list[str]:
