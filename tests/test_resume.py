@@ -147,6 +147,14 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_complete_one(tiny_model
         train(recipe, resume=True)
 
 
+@pytest.fixture(scope="module")
+def one_checkpoint(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete LoRA checkpoint (read-only for tests: copy it before damaging it)."""
+    recipe = write_recipe(tmp_path_factory.mktemp("one-checkpoint"), tiny_models["llama"])
+    first, _ = train(recipe, "training.max_steps=1", "training.save_steps=1")
+    return first.run_dir / "checkpoints" / "checkpoint-1"
+
+
 @pytest.mark.parametrize("name, damage", [
     ("optimizer.pt", lambda b: b[: len(b) // 2]),
     ("scheduler.pt", lambda b: b"garbage" * 10),
@@ -156,13 +164,11 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_complete_one(tiny_model
     ("adapter_model.safetensors", lambda b: b"\xff" * 64),
     ("trainer_state.json", None),
 ])
-def test_each_damaged_checkpoint_file_is_named(tiny_models: dict[str, Path], tmp_path: Path,
-                                               name: str, damage: Any) -> None:
+def test_each_damaged_checkpoint_file_is_named(one_checkpoint: Path, tmp_path: Path, name: str, damage: Any) -> None:
     from finetune.resume import checkpoint_problem
 
-    recipe = write_recipe(tmp_path, tiny_models["llama"])
-    first, _ = train(recipe, "training.max_steps=1", "training.save_steps=1")
-    checkpoint = first.run_dir / "checkpoints" / "checkpoint-1"
+    checkpoint = tmp_path / "checkpoint-1"
+    shutil.copytree(one_checkpoint, checkpoint)
     assert checkpoint_problem(checkpoint) is None
     path = checkpoint / name
     if damage is None:
