@@ -18,6 +18,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback
@@ -58,7 +59,8 @@ class StoppedAtOnce(FtError):
 class StopOnSignal(TrainerCallback):
     """Turns SIGTERM/SIGINT into "save at the end of this step, then stop"."""
 
-    def __init__(self) -> None:
+    def __init__(self, stopped: Callable[[str, int], FtError]) -> None:
+        self.stopped = stopped  # (signal name, saved step) -> the error the run ends with
         self.requested: str | None = None  # name of the first signal received
         self.stopped_at: int | None = None  # the step whose checkpoint was saved
         self._first_at = 0.0
@@ -88,6 +90,13 @@ class StopOnSignal(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
+
+    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        # End the run here, right after the checkpoint is complete: not every trainer's loop honours
+        # should_training_stop (TRL's PPO loop does not), and nothing after this point is wanted.
+        if self.stopped_at is not None and self.requested is not None:
+            self.restore()
+            raise self.stopped(self.requested, self.stopped_at)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         self.restore()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune import run_files
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, FtError
 from finetune.hardware import Hardware, detect
 from finetune.notices import Sink, notice, notices_to
 from finetune.outputs import is_main_process, prepare_output_dir, write_atomic
@@ -117,23 +117,18 @@ def resume_checkpoint(run_dir: Path, recipe: RecipeBase) -> Path | None:
     return checkpoint
 
 
-def run_guards(recipe: RecipeBase) -> list[Any]:
+def run_guards(recipe: RecipeBase, run_dir: Path) -> list[Any]:
     """[checkpoint stamp, signal stop, non-finite stop]: the callbacks every run trains with."""
-    from finetune.guards import StopOnNonFinite, StopOnSignal
-    from finetune.resume import stamp_callback
+    from finetune.guards import StopOnNonFinite, StopOnSignal, interrupted
+    from finetune.resume import resume_command, stamp_callback
 
-    return [stamp_callback(recipe), StopOnSignal(), StopOnNonFinite()]
+    def stopped(signal_name: str, step: int) -> FtError:
+        # The run ends with this (no final/, no manifest), naming the command that continues it.
+        return interrupted(f"{signal_name} received: stopped after step {step}, saved in "
+                           f"{run_dir / 'checkpoints' / f'checkpoint-{step}'}. Continue with:\n  "
+                           f"{resume_command(recipe)}")
 
-
-def raise_if_interrupted(stop: Any, recipe: RecipeBase, run_dir: Path) -> None:
-    """After a signal, the run ends here (no final/, no manifest) with the command that continues it."""
-    from finetune.guards import interrupted
-    from finetune.resume import resume_command
-
-    if stop.stopped_at is not None:
-        raise interrupted(f"{stop.requested} received: stopped after step {stop.stopped_at}, saved in "
-                          f"{run_dir / 'checkpoints' / f'checkpoint-{stop.stopped_at}'}. Continue with:\n  "
-                          f"{resume_command(recipe)}")
+    return [stamp_callback(recipe), StopOnSignal(stopped), StopOnNonFinite()]
 
 
 def run(recipe: RecipeBase, *, overwrite: bool = False, resume: bool = False,
@@ -171,7 +166,7 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     section = base_section(recipe, run_dir)
     model = build_model(recipe, section, hardware, objective, tokenizer, template)
     metrics_path = run_dir / "metrics.jsonl"
-    guards = run_guards(recipe)
+    guards = run_guards(recipe, run_dir)
     parts = RunParts(recipe=recipe, hardware=hardware, run_dir=run_dir, tokenizer=tokenizer, model=model,
                      train_dataset=data.train, eval_dataset=data.eval, base=section,
                      callbacks=[run_files.MetricsCallback(metrics_path, resume_from=checkpoint), *guards,
@@ -179,8 +174,10 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     trainer = objective.build_trainer(parts)
     if is_main_process():
         write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    raise_if_interrupted(guards[1], recipe, run_dir)
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        guards[1].restore()  # the signal handlers, also when training raised
     final_dir = run_files.save_final(trainer, tokenizer, run_dir)
     manifest = run_files.write_manifest(run_dir, recipe, hardware, model, data, template, started)
     metrics = run_files.finish_metrics(run_dir, recipe)

@@ -254,3 +254,25 @@ def test_ft_run_killed_by_sigterm_saves_and_resumes_to_the_same_losses(tiny_mode
     assert sorted(got) == sorted(expected) == list(range(1, 25))
     assert all(abs(got[s] - expected[s]) <= TOLERANCE for s in expected), (got, expected)
     assert_no_half_written_files(run_dir)
+
+
+class SignalTwiceAt(SignalAt):
+    def on_step_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if state.global_step + 1 == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_second_signal_stops_at_once_without_saving(tiny_models: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import finetune.guards
+    from finetune.guards import StoppedAtOnce
+
+    monkeypatch.setattr(finetune.guards, "REPEAT_WINDOW_S", 0.0)  # no repeat from a launcher in this test
+    recipe = write_recipe(tmp_path, tiny_models["llama"])
+    with pytest.raises(StoppedAtOnce, match="SIGINT received twice: stopped at once") as stopped:
+        run(load_recipe(recipe, []), callbacks=[SignalTwiceAt(2)])
+    assert stopped.value.exit_code == 143
+    assert not (tmp_path / "run" / "checkpoints").exists() or not list((tmp_path / "run" / "checkpoints").iterdir())
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert_no_half_written_files(tmp_path / "run")
