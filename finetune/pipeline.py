@@ -107,13 +107,14 @@ def build_model(recipe: RecipeBase, section: ModelSection, hardware: Hardware, o
                          gradient_checkpointing=recipe.training.gradient_checkpointing, new_token_ids=new_ids)
 
 
-def resume_checkpoint(run_dir: Path, recipe: RecipeBase) -> Path | None:
-    """The complete checkpoint `--resume` continues from, after checking the recipe still matches it."""
+def resume_checkpoint(run_dir: Path, recipe: RecipeBase, world_size: int | None = None) -> Path | None:
+    """The complete checkpoint `--resume` continues from, after checking the recipe still matches it
+    (`world_size`: the processes that will train; by default this process's WORLD_SIZE)."""
     from finetune.resume import check_unchanged, checkpoint_to_resume
 
     checkpoint = checkpoint_to_resume(run_dir)
     if checkpoint is not None:
-        check_unchanged(checkpoint, recipe)
+        check_unchanged(checkpoint, recipe, world_size)
     return checkpoint
 
 

@@ -45,13 +45,13 @@ class ResumeError(FtError):
     """`--resume` cannot continue this run as it is (changed recipe, corrupt checkpoints)."""
 
 
-def stamp(recipe: RecipeBase) -> dict[str, Any]:
-    """What a checkpoint records about the run that wrote it."""
+def stamp(recipe: RecipeBase, world_size: int | None = None) -> dict[str, Any]:
+    """What a checkpoint records about the run that wrote it (world size: this process's, by default)."""
     from data_templates.cache import content_fingerprint
 
     return {"recipe": recipe.model_dump(mode="json"),
             "data": [{"path": s.path, "fingerprint": content_fingerprint(s)} for s in recipe.data.train],
-            "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+            "world_size": world_size or int(os.environ.get("WORLD_SIZE", "1"))}
 
 
 def stamp_callback(recipe: RecipeBase) -> Any:
@@ -137,7 +137,10 @@ def _safetensors_problem(path: Path) -> str | None:
             header = json.loads(handle.read(length))
     except (struct.error, ValueError, UnicodeDecodeError) as err:
         return f"garbage header ({err})"
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    try:
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError):
+        return "garbage header (no tensor offsets)"
     return None if 8 + length + end == size else f"truncated ({size} bytes, the header says {8 + length + end})"
 
 
@@ -146,15 +149,16 @@ _CHECKS = {".json": _json_problem, ".pt": _torch_problem, ".pth": _torch_problem
 
 
 # ----------------------------------------------------------------------------------- may it
-def check_unchanged(checkpoint: Path, recipe: RecipeBase) -> None:
-    """Refuse to resume when the recipe or data changed in a way that alters training."""
+def check_unchanged(checkpoint: Path, recipe: RecipeBase, world_size: int | None = None) -> None:
+    """Refuse to resume when the recipe or data changed in a way that alters training. `world_size`:
+    the processes about to train (default: this process's WORLD_SIZE)."""
     path = checkpoint / STAMP
     if not path.is_file():
         notice(f"{checkpoint.name} has no {STAMP} (written by an older ft): the recipe cannot be compared "
                f"with the one that trained it; resuming unchecked")
         return
     old = json.loads(path.read_text(encoding="utf-8"))
-    now = stamp(recipe)
+    now = stamp(recipe, world_size)
     refused, allowed = compare(old["recipe"], now["recipe"])
     refused += [f"data.train[{i}] ({new['path']}): the file's content changed since the checkpoint"
                 for i, (was, new) in enumerate(zip(old["data"], now["data"]))

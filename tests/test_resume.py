@@ -276,3 +276,18 @@ def test_a_second_signal_stops_at_once_without_saving(tiny_models: dict[str, Pat
     assert not (tmp_path / "run" / "checkpoints").exists() or not list((tmp_path / "run" / "checkpoints").iterdir())
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     assert_no_half_written_files(tmp_path / "run")
+
+
+def test_resume_with_another_process_count_is_refused_before_launching(tiny_models: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    import subprocess
+
+    from tests._runs import ROOT
+
+    recipe = write_recipe(tmp_path, tiny_models["llama"])
+    train(recipe, "training.max_steps=3")
+    proc = subprocess.run(_ft("run", str(recipe), "training.max_steps=3", "--nproc", "2", "--resume"), env=_env(),
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "world size: 1 -> 2 processes" in proc.stderr and "--nproc 1" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("world size") == 1  # the parent refused alone
