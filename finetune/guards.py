@@ -139,15 +139,18 @@ class StopOnNonFinite(TrainerCallback):
         # the reliable signal; an objective that logs its own loss (PPO, GRPO) is checked here.
         for key, value in (logs or {}).items():
             if "loss" in key and isinstance(value, float) and not math.isfinite(value):
-                raise _non_finite(state.global_step, f"{key} is {value}", args)
+                raise _non_finite(state.global_step, f"{key} is {value}", args, before_update=False)
 
 
-def _non_finite(step: int, what: str, args: Any) -> TrainingError:
-    last = [d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")] \
-        if os.path.isdir(args.output_dir) else []
-    kept = (f"the last good checkpoint is kept in {args.output_dir}/"
-            f"{max(last, key=lambda d: int(d.split('-')[1]))}" if last else "no checkpoint was written")
+def _non_finite(step: int, what: str, args: Any, *, before_update: bool = True) -> TrainingError:
+    from pathlib import Path
+
+    from finetune.resume import checkpoints
+
+    found = checkpoints(Path(args.output_dir).parent)  # args.output_dir is the run's checkpoints/
+    kept = f"the last good checkpoint is kept: {found[0]}" if found else "no checkpoint was written"
+    when = "Stopped before applying it" if before_update else "Stopped before saving it"
     return TrainingError(
-        f"training diverged at step {step}: {what}. Stopped before applying it; {kept}. Lower "
-        f"training.learning_rate (now {args.learning_rate:g}), keep training.max_grad_norm set, or check the "
-        f"data and precision (fp16 overflows where bf16 does not).")
+        f"training diverged at step {step}: {what}. {when}; {kept}. Lower training.learning_rate (now "
+        f"{args.learning_rate:g}), keep training.max_grad_norm set, or check the data and precision (fp16 "
+        f"overflows where bf16 does not).")
