@@ -170,7 +170,7 @@ def check_unchanged(checkpoint: Path, recipe: RecipeBase, world_size: int | None
     if refused:
         raise ResumeError(f"--resume: {checkpoint} was trained with a different recipe; these changes alter "
                           f"training:\n  " + "\n  ".join(refused) + "\nUndo them to resume, or start a new run "
-                          f"(--overwrite, or another output_dir).")
+                          "(--overwrite, or another output_dir).")
     if allowed:
         notice(f"resuming {checkpoint.name} with changes that do not alter training: {'; '.join(allowed)}")
 
