@@ -104,7 +104,8 @@ def run(
         recipes = [s.recipe for s in spec.stages] if isinstance(spec, Pipeline) else [spec]
         processes = nproc or max(r.training.nproc for r in recipes)
         if processes > 1 and not in_distributed_child():
-            raise typer.Exit(launch(processes, _child_args(recipe, overrides, spec, overwrite, resume, rerun)))
+            raise typer.Exit(launch(processes, _child_args(recipe, overrides, spec, overwrite, resume, rerun,
+                                                           processes)))
         from finetune.outputs import is_main_process
 
         if isinstance(spec, Pipeline):
@@ -122,8 +123,9 @@ def run(
 
 
 def _child_args(recipe: Path, overrides: list[str] | None, spec: Any, overwrite: bool, resume: bool,
-                rerun: list[str] | None) -> list[str]:
-    """The `ft run` arguments for launched processes; the parent checks the output directory first."""
+                rerun: list[str] | None, processes: int) -> list[str]:
+    """The `ft run` arguments for launched processes; the parent checks the output directory (and a
+    resume's checkpoint) first, so a refusal is one message, not one per process."""
     from finetune.outputs import prepare_output_dir
     from finetune.stages import Pipeline
 
@@ -133,7 +135,12 @@ def _child_args(recipe: Path, overrides: list[str] | None, spec: Any, overwrite:
 
             shutil.rmtree(spec.output_dir, ignore_errors=True)
         return ["run", str(_resolve_recipe(recipe)), *(overrides or []), *[f"--rerun={r}" for r in rerun or []]]
-    prepare_output_dir(Path(spec.output_dir).expanduser().resolve(), overwrite=overwrite, resume=resume)
+    run_dir = Path(spec.output_dir).expanduser().resolve()
+    prepare_output_dir(run_dir, overwrite=overwrite, resume=resume)
+    if resume:
+        from finetune.pipeline import resume_checkpoint
+
+        resume_checkpoint(run_dir, spec, world_size=processes)
     return ["run", str(_resolve_recipe(recipe)), *(overrides or [])] + (["--resume"] if resume else [])
 
 

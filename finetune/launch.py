@@ -7,7 +7,6 @@ so ft uses torchrun with the gloo backend, which needs nothing beyond torch.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,5 +48,12 @@ def launch(nproc: int, cli_args: list[str]) -> int:
     import torch
 
     use_gpu = torch.cuda.is_available() and torch.cuda.device_count() >= nproc
-    env = {**os.environ, LAUNCHED_ENV: "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.call(launch_command(nproc, cli_args, use_gpu), env=env)
+    import shlex
+
+    from finetune.resume import COMMAND_ENV
+    from finetune.signal_forwarding import run_forwarding_signals
+
+    env = {**os.environ, LAUNCHED_ENV: "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           COMMAND_ENV: shlex.join(["ft", *sys.argv[1:]])}  # what the workers tell the user to run to resume
+    # SIGTERM/SIGINT reach the workers, which save a checkpoint and stop (see finetune.signal_forwarding).
+    return run_forwarding_signals(launch_command(nproc, cli_args, use_gpu), env)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune import run_files
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, FtError
 from finetune.hardware import Hardware, detect
 from finetune.notices import Sink, notice, notices_to
 from finetune.outputs import is_main_process, prepare_output_dir, write_atomic
@@ -108,6 +108,31 @@ def build_model(recipe: RecipeBase, section: ModelSection, hardware: Hardware, o
                          gradient_checkpointing=recipe.training.gradient_checkpointing, new_token_ids=new_ids)
 
 
+def resume_checkpoint(run_dir: Path, recipe: RecipeBase, world_size: int | None = None) -> Path | None:
+    """The complete checkpoint `--resume` continues from, after checking the recipe still matches it
+    (`world_size`: the processes that will train; by default this process's WORLD_SIZE)."""
+    from finetune.resume import check_unchanged, checkpoint_to_resume
+
+    checkpoint = checkpoint_to_resume(run_dir)
+    if checkpoint is not None:
+        check_unchanged(checkpoint, recipe, world_size)
+    return checkpoint
+
+
+def run_guards(recipe: RecipeBase, run_dir: Path) -> list[Any]:
+    """[checkpoint stamp, signal stop, non-finite stop]: the callbacks every run trains with."""
+    from finetune.guards import StopOnNonFinite, StopOnSignal, interrupted
+    from finetune.resume import resume_command, stamp_callback
+
+    def stopped(signal_name: str, step: int) -> FtError:
+        # The run ends with this (no final/, no manifest), naming the command that continues it.
+        return interrupted(f"{signal_name} received: stopped after step {step}, saved in "
+                           f"{run_dir / 'checkpoints' / f'checkpoint-{step}'}. Continue with:\n  "
+                           f"{resume_command(recipe)}")
+
+    return [stamp_callback(recipe), StopOnSignal(stopped), StopOnNonFinite()]
+
+
 def run(recipe: RecipeBase, *, overwrite: bool = False, resume: bool = False,
         callbacks: list[Any] | None = None, log: Sink | None = None) -> RunResult:
     """Train `recipe` and write its run directory; returns where everything went. Notices (data
@@ -125,6 +150,8 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     run_dir = Path(recipe.output_dir).expanduser().resolve()
     if is_main_process():
         prepare_output_dir(run_dir, overwrite=overwrite, resume=resume)
+    # Checked before anything loads: a changed recipe or a corrupt checkpoint is refused at once.
+    checkpoint = resume_checkpoint(run_dir, recipe) if resume else None
     extra_problems = check_extra(objective.config_class, recipe.training)
     if extra_problems:
         raise ConfigError("\n".join(extra_problems))
@@ -142,16 +169,18 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     section = base_section(recipe, run_dir)
     model = build_model(recipe, section, hardware, objective, tokenizer, template, data)
     metrics_path = run_dir / "metrics.jsonl"
-    checkpoint = run_files.last_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
-        notice(f"no checkpoint under {run_dir / 'checkpoints'}; starting from the beginning")
+    guards = run_guards(recipe, run_dir)
     parts = RunParts(recipe=recipe, hardware=hardware, run_dir=run_dir, tokenizer=tokenizer, model=model,
                      train_dataset=data.train, eval_dataset=data.eval, base=section,
-                     callbacks=[run_files.MetricsCallback(metrics_path, resume_from=checkpoint), *(callbacks or [])])
+                     callbacks=[run_files.MetricsCallback(metrics_path, resume_from=checkpoint), *guards,
+                                *(callbacks or [])])
     trainer = objective.build_trainer(parts)
     if is_main_process():
         write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        guards[1].restore()  # the signal handlers, also when training raised
     final_dir = run_files.save_final(trainer, tokenizer, run_dir)
     manifest = run_files.write_manifest(run_dir, recipe, hardware, model, data, template, started)
     metrics = run_files.finish_metrics(run_dir, recipe)

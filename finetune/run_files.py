@@ -33,12 +33,6 @@ if TYPE_CHECKING:
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    found = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("checkpoint-*")
-             if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
-    return max(found)[1] if found else None
-
-
 def _metrics_callback_base() -> type:
     from transformers import TrainerCallback
 
