@@ -129,9 +129,9 @@ def _child_args(recipe: Path, overrides: list[str] | None, spec: Any, overwrite:
 
     if isinstance(spec, Pipeline):
         if overwrite:
-            import shutil
+            from finetune.outputs import replace_dir
 
-            shutil.rmtree(spec.output_dir, ignore_errors=True)
+            replace_dir(spec.output_dir, (_resolve_recipe(recipe),))
         return ["run", str(_resolve_recipe(recipe)), *(overrides or []), *[f"--rerun={r}" for r in rerun or []]]
     prepare_output_dir(Path(spec.output_dir).expanduser().resolve(), overwrite=overwrite, resume=resume)
     return ["run", str(_resolve_recipe(recipe)), *(overrides or [])] + (["--resume"] if resume else [])
