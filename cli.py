@@ -96,12 +96,16 @@ def run(
 ) -> None:
     """Validate RECIPE (a recipe or a pipeline of stages), train, and write the run directory."""
     with _user_errors():
+        from finetune.preflight import check_arguments
         from finetune.stages import Pipeline, load
 
+        check_arguments(overwrite=overwrite, resume=resume, nproc=nproc)
         spec = load(_resolve_recipe(recipe), overrides or [])
         from finetune.launch import in_distributed_child, launch
+        from finetune.preflight import check_run_start
 
         recipes = [s.recipe for s in spec.stages] if isinstance(spec, Pipeline) else [spec]
+        check_run_start(spec, recipes, _resolve_recipe(recipe), overwrite=overwrite)
         processes = nproc or max(r.training.nproc for r in recipes)
         if processes > 1 and not in_distributed_child():
             raise typer.Exit(launch(processes, _child_args(recipe, overrides, spec, overwrite, resume, rerun)))

@@ -53,6 +53,12 @@ def load(path: str | Path, overrides: list[str] = ()) -> RecipeBase | Pipeline:
     from finetune.recipe.loader import load_raw
 
     raw, positions = load_raw(path, overrides)
+    staged = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] == "stages"]
+    if staged and ("stages",) not in positions:
+        # Only overrides wrote `stages`: the file is a single recipe, and a typo'd prefix must not
+        # quietly turn it into a one-stage pipeline writing elsewhere.
+        raise RecipeError([Problem(Source(f"override '{staged[0]}'"), "stages",
+                                   f"{path} is a single recipe, not a pipeline; drop the 'stages.NAME.' prefix")])
     if "stages" in raw:
         return build_pipeline(raw, positions, Path(path))
     return validate_raw(raw, positions, Source(str(path), 1))
