@@ -164,9 +164,20 @@ def _model_problems(recipe: RecipeBase, at: At, pending: frozenset[str]) -> list
     return problems
 
 
+def _output_problems(recipe: RecipeBase, at: At) -> list[Problem]:
+    from finetune.outputs import OutputDirError, check_output_path
+
+    try:
+        check_output_path(Path(recipe.output_dir).expanduser().resolve())
+    except OutputDirError as err:
+        return [at(("output_dir",), str(err).removeprefix("output_dir "))]
+    return []
+
+
 def recipe_problems(recipe: RecipeBase, at: At, pending: frozenset[str] = frozenset()) -> list[Problem]:
     """Everything `ft validate` can see without torch: ranges, library names, the local model's shape."""
-    return _range_problems(recipe, at) + _name_problems(recipe, at) + _model_problems(recipe, at, pending)
+    return (_range_problems(recipe, at) + _name_problems(recipe, at) + _model_problems(recipe, at, pending)
+            + _output_problems(recipe, at))
 
 
 # ----------------------------------------------------------------------------- ft run start
