@@ -137,7 +137,8 @@ def _child_args(recipe: Path, overrides: list[str] | None, spec: Any, overwrite:
 
             replace_dir(spec.output_dir, (_resolve_recipe(recipe),))
         return ["run", str(_resolve_recipe(recipe)), *(overrides or []), *[f"--rerun={r}" for r in rerun or []]]
-    prepare_output_dir(Path(spec.output_dir).expanduser().resolve(), overwrite=overwrite, resume=resume)
+    prepare_output_dir(Path(spec.output_dir).expanduser().resolve(), overwrite=overwrite, resume=resume,
+                       protect=(_resolve_recipe(recipe),))
     return ["run", str(_resolve_recipe(recipe)), *(overrides or [])] + (["--resume"] if resume else [])
 
 
