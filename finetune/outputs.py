@@ -120,7 +120,8 @@ def prepare_output_dir(path: Path, *, overwrite: bool, resume: bool, protect: tu
     """Refuse to mix a new run into an old one unless asked to overwrite or resume; overwrite only
     what ft wrote (see `check_replaceable`)."""
     check_output_path(path)
-    if path.exists() and any(path.iterdir()):
+    # Only the marker: a directory the launching parent prepared for its ranks, still empty.
+    if path.exists() and any(p.name != RUN_MARKER for p in path.iterdir()):
         if resume:
             mark_ft_dir(path)
             return

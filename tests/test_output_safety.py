@@ -67,3 +67,9 @@ def test_adapter_layers_out_of_range_is_a_config_error(tiny_models: dict[str, Pa
     model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
     with pytest.raises(ConfigError, match=r"adapter.layers: \[9\] out of range"):
         apply_adapter(model, LoraAdapter(layers=[9]))
+
+
+def test_a_directory_holding_only_the_marker_counts_as_empty(tmp_path: Path) -> None:
+    # `ft run --nproc N` prepares the directory in the parent; the ranks must not find it taken.
+    prepare_output_dir(tmp_path / "run", overwrite=False, resume=False)
+    prepare_output_dir(tmp_path / "run", overwrite=False, resume=False)
