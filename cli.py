@@ -96,12 +96,16 @@ def run(
 ) -> None:
     """Validate RECIPE (a recipe or a pipeline of stages), train, and write the run directory."""
     with _user_errors():
+        from finetune.preflight import check_arguments
         from finetune.stages import Pipeline, load
 
+        check_arguments(overwrite=overwrite, resume=resume, nproc=nproc)
         spec = load(_resolve_recipe(recipe), overrides or [])
         from finetune.launch import in_distributed_child, launch
+        from finetune.preflight import check_run_start
 
         recipes = [s.recipe for s in spec.stages] if isinstance(spec, Pipeline) else [spec]
+        check_run_start(spec, recipes, _resolve_recipe(recipe), overwrite=overwrite)
         processes = nproc or max(r.training.nproc for r in recipes)
         if processes > 1 and not in_distributed_child():
             raise typer.Exit(launch(processes, _child_args(recipe, overrides, spec, overwrite, resume, rerun,
@@ -131,12 +135,12 @@ def _child_args(recipe: Path, overrides: list[str] | None, spec: Any, overwrite:
 
     if isinstance(spec, Pipeline):
         if overwrite:
-            import shutil
+            from finetune.outputs import replace_dir
 
-            shutil.rmtree(spec.output_dir, ignore_errors=True)
+            replace_dir(spec.output_dir, (_resolve_recipe(recipe),))
         return ["run", str(_resolve_recipe(recipe)), *(overrides or []), *[f"--rerun={r}" for r in rerun or []]]
     run_dir = Path(spec.output_dir).expanduser().resolve()
-    prepare_output_dir(run_dir, overwrite=overwrite, resume=resume)
+    prepare_output_dir(run_dir, overwrite=overwrite, resume=resume, protect=(_resolve_recipe(recipe),))
     if resume:
         from finetune.pipeline import resume_checkpoint
 
@@ -226,7 +230,8 @@ def plan(
     """Estimate parameters and memory per GPU of RECIPE from the model's config.json (no weights, no torch)."""
     with _user_errors():
         from finetune.plan_report import as_json as to_json
-        from finetune.plan_report import as_table, plan as make_plan
+        from finetune.plan_report import as_table
+        from finetune.plan_report import plan as make_plan
 
         result = make_plan(_stage_or_recipe(recipe, overrides, stage), gpu_memory, gpus, strategy)
         typer.echo(json.dumps(to_json(result), indent=2) if as_json else as_table(result))

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from finetune.errors import ConfigError
 from finetune.model_kinds import ModelKind, model_kind
 from finetune.recipe.schema import FullAdapter, LoraAdapter, QLoraAdapter
 
@@ -39,9 +40,9 @@ def _apply_full(model: PreTrainedModel, adapter: FullAdapter, *, kind: ModelKind
     n = _num_layers(model, kind.layer_pattern)
     bad = [i for i in adapter.trainable_layers if not -n <= i < n]
     if bad:
-        raise ValueError(f"adapter.trainable_layers: {bad} out of range for a model with {n} layers")
+        raise ConfigError(f"adapter.trainable_layers: {bad} out of range for a model with {n} layers")
     if new_token_ids:
-        raise ValueError("adapter.trainable_layers with a chat template that adds tokens would leave the new "
+        raise ConfigError("adapter.trainable_layers with a chat template that adds tokens would leave the new "
                          "embeddings untrained; add embed_tokens and lm_head to adapter.trainable_modules")
     wanted = {i % n for i in adapter.trainable_layers}
     for name, param in model.named_parameters():
@@ -52,17 +53,40 @@ def _apply_full(model: PreTrainedModel, adapter: FullAdapter, *, kind: ModelKind
     return model
 
 
-def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str, list[int]]) -> Any:
+def _targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str]) -> str | list[str]:
+    """PEFT refuses `layers_to_transform` with the string shorthand `all-linear`, so with `layers`
+    the shorthand is spelled out: the names of the linear modules inside decoder layers."""
+    if adapter.layers is None or adapter.target_modules != "all-linear":
+        return adapter.target_modules
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, (torch.nn.Linear, Conv1D)) and layer.search("." + name + ".")})
+
+
+def _layer_indices(layers: list[int] | None, model: Any, layer: re.Pattern[str]) -> list[int] | None:
+    """Negative indices count from the end (PEFT wants them non-negative)."""
+    if layers is None:
+        return None
+    n = _num_layers(model, layer)
+    bad = [i for i in layers if not -n <= i < n]
+    if bad:
+        raise ConfigError(f"adapter.layers: {bad} out of range for a model with {n} layers (0..{n - 1})")
+    return sorted({i % n for i in layers})
+
+
+def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str, list[int]], model: Any) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
         r=adapter.r,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
-        target_modules=adapter.target_modules,
+        target_modules=_targets(adapter, model, kind.layer_pattern),
         use_dora=adapter.dora,
         use_rslora=adapter.rslora,
-        layers_to_transform=adapter.layers,
+        layers_to_transform=_layer_indices(adapter.layers, model, kind.layer_pattern),
         modules_to_save=adapter.modules_to_save or None,
         task_type=kind.peft_task_type,
         bias="none",
@@ -96,7 +120,7 @@ def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, kind: ModelKind
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.enable_input_require_grads()
-    return get_peft_model(model, _lora_config(adapter, kind, _new_token_rows(model, new_token_ids)))
+    return get_peft_model(model, _lora_config(adapter, kind, _new_token_rows(model, new_token_ids), model))
 
 
 _APPLY: dict[type, Callable[..., Any]] = {

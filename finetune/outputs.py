@@ -69,18 +69,69 @@ def save_dir_atomic(target: Path, save: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def prepare_output_dir(path: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refuse to mix a new run into an old one unless asked to overwrite or resume."""
-    if path.exists() and any(path.iterdir()):
+RUN_MARKER = ".ft-run"  # written into every directory ft creates for a run or a pipeline
+# Files only ft writes: a directory holding one of them is a run (or pipeline) made by ft,
+# including runs made before the marker existed.
+_FT_FILES = (RUN_MARKER, "manifest.json", "recipe.yaml", "pipeline.yaml", "metrics.jsonl")
+
+
+def check_output_path(path: Path) -> None:
+    """An output_dir that is a file, or lies under one, cannot be written: say so before anything loads."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() and not candidate.is_dir():
+            where = "is a file" if candidate == path else f"lies under {candidate}, which is a file"
+            raise OutputDirError(f"output_dir {path} {where}; set output_dir=<a directory path>")
+
+
+def check_replaceable(path: Path, protect: tuple[Path, ...] = ()) -> None:
+    """Raise unless `--overwrite` may delete `path`: an empty directory or one that ft wrote, which
+    contains neither the current directory, the home directory nor any path in `protect` (the recipe)."""
+    path = path.expanduser().resolve()
+    check_output_path(path)
+    if not path.exists():
+        return
+    guarded = [(Path.cwd().resolve(), "the current directory"), (Path.home().resolve(), "your home directory")]
+    guarded += [(p.expanduser().resolve(), str(p)) for p in protect]
+    for inside, what in guarded:
+        if inside == path or path in inside.parents:
+            raise OutputDirError(f"--overwrite refuses to delete output_dir {path}: it contains {what}. "
+                                 f"Set output_dir=<a new directory>.")
+    if any(path.iterdir()) and not any((path / name).exists() for name in _FT_FILES):
+        raise OutputDirError(f"--overwrite refuses to delete output_dir {path}: it is not a run directory ft "
+                             f"wrote (no {RUN_MARKER} or manifest.json in it), so it may hold other work. "
+                             f"Set output_dir=<a new directory>, or move its contents away yourself.")
+
+
+def replace_dir(path: Path, protect: tuple[Path, ...] = ()) -> None:
+    """Delete `path` for --overwrite, only after `check_replaceable` agreed."""
+    check_replaceable(path, protect)
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def mark_ft_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / RUN_MARKER
+    if not marker.exists():
+        write_atomic(marker, "This directory was written by ft; ft run --overwrite may replace it.\n")
+
+
+def prepare_output_dir(path: Path, *, overwrite: bool, resume: bool, protect: tuple[Path, ...] = ()) -> None:
+    """Refuse to mix a new run into an old one unless asked to overwrite or resume; overwrite only
+    what ft wrote (see `check_replaceable`)."""
+    check_output_path(path)
+    # Only the marker: a directory the launching parent prepared for its ranks, still empty.
+    if path.exists() and any(p.name != RUN_MARKER for p in path.iterdir()):
         if resume:
+            mark_ft_dir(path)
             return
         if not overwrite:
             raise OutputDirError(
                 f"output_dir {path} already holds a run. Use --overwrite to replace it, --resume to continue "
                 f"from its last checkpoint, or set output_dir=<new dir>."
             )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+        replace_dir(path, protect)
+    mark_ft_dir(path)
 
 
 def package_versions() -> dict[str, str | None]:

@@ -13,7 +13,6 @@ last checkpoint, and every stage after a stage that ran runs again (its inputs c
 from __future__ import annotations
 
 import re
-import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,12 @@ def load(path: str | Path, overrides: list[str] = ()) -> RecipeBase | Pipeline:
     from finetune.recipe.loader import load_raw
 
     raw, positions = load_raw(path, overrides)
+    staged = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] == "stages"]
+    if staged and ("stages",) not in positions:
+        # Only overrides wrote `stages`: the file is a single recipe, and a typo'd prefix must not
+        # quietly turn it into a one-stage pipeline writing elsewhere.
+        raise RecipeError([Problem(Source(f"override '{staged[0]}'"), "stages",
+                                   f"{path} is a single recipe, not a pipeline; drop the 'stages.NAME.' prefix")])
     if "stages" in raw:
         return build_pipeline(raw, positions, Path(path))
     return validate_raw(raw, positions, Source(str(path), 1))
@@ -196,11 +201,13 @@ def run_pipeline(pipeline: Pipeline, *, overwrite: bool = False, rerun: set[str]
 
 
 def _run_stages(pipeline: Pipeline, *, overwrite: bool, rerun: set[str]) -> list[Any]:
-    from finetune.outputs import is_main_process, write_atomic
+    from finetune.outputs import is_main_process, mark_ft_dir, replace_dir, write_atomic
     from finetune.pipeline import run
 
     if overwrite and is_main_process():
-        shutil.rmtree(pipeline.output_dir, ignore_errors=True)
+        replace_dir(pipeline.output_dir)
+    if is_main_process():
+        mark_ft_dir(pipeline.output_dir)
     steps = plan(pipeline, set(rerun))  # decided once, before any stage writes, identically on every rank
     if is_main_process():
         resolved = {s.name: s.recipe.model_dump(mode="json") for s in pipeline.stages}

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from transformers import AutoTokenizer
 
 from tests._runs import CHAT_DATA, ROOT, write_recipe
+
+pytestmark = pytest.mark.slow  # two processes each load torch and train
 
 OVERRIDES = ["training.max_steps=null", "training.epochs=1", "training.batch_size=1", "data.max_length=256"]
 

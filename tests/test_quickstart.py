@@ -14,6 +14,7 @@ from finetune.generate import generate, load_for_generation
 from tests._runs import CHAT_DATA, ROOT
 
 
+@pytest.mark.slow
 def test_quickstart_learns_its_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # the recipe names its model and data relative to the repository root
     out = tmp_path / "quickstart"

@@ -82,6 +82,7 @@ def test_stage_problems_are_reported_together_with_the_stage_in_the_path(tiny_mo
         load(path)
 
 
+@pytest.mark.slow
 def test_a_failed_stage_resumes_and_finished_stages_are_skipped(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
@@ -108,6 +109,7 @@ def test_a_failed_stage_resumes_and_finished_stages_are_skipped(tiny_models: dic
         run_pipeline(load(path), rerun={"nope"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pipeline_dpo", "pipeline_rlhf"])
 def test_shipped_pipelines_run_end_to_end_with_a_local_model(name: str, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,12 +25,12 @@ def test_lora_trains_only_adapters_and_the_run_directory_is_complete(tiny_models
 
     run_dir = result.run_dir
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoints", "final", "loss.png", "manifest.json", "metrics.jsonl", "recipe.yaml"]
+        ".ft-run", "checkpoints", "final", "loss.png", "manifest.json", "metrics.jsonl", "recipe.yaml"]
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
         p.name for p in (run_dir / "final").iterdir()}
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
-    assert not list(run_dir.rglob("*.tmp")) and not list(run_dir.glob(".*"))
+    assert not list(run_dir.rglob("*.tmp")) and [p.name for p in run_dir.glob(".*")] == [".ft-run"]
 
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [m for m in metrics if "loss" in m]

@@ -41,6 +41,9 @@ def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source,
         problems.append(at(("data", "validation_fraction"), "give validation datasets or a validation_fraction, not both"))
     problems += _mixing_problems(recipe, at)
     problems += [at(path, message) for path, message in recipe.objective.recipe_problems(recipe)]
+    from finetune.preflight import recipe_problems
+
+    problems += recipe_problems(recipe, at, pending)
     return problems
 
 

@@ -17,7 +17,13 @@ from finetune.recipe.checks import semantic_problems
 from finetune.recipe.errors import Problem, RecipeError, Source
 from finetune.recipe.schema import RecipeBase
 from finetune.recipe.validation import allowed_keys, problems_from
-from finetune.recipe.yaml_source import KeyPath, Positions, parse_scalar, read_yaml
+from finetune.recipe.yaml_source import (
+    KeyPath,
+    Positions,
+    non_finite,
+    parse_scalar,
+    read_yaml,
+)
 from finetune.registry import objectives
 
 Recipe = RecipeBase  # the static type of a validated recipe; `objective` is one registered section
@@ -102,11 +108,25 @@ def read_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str
 
 
 def merge_recipes(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
-    """`deep_merge`, then drop the keys of sections whose kind the child changed."""
-    merged = deep_merge(parent, child)
+    """`deep_merge`, after dropping the parent's keys of sections whose kind the child changed.
+
+    Only the parent's keys go: a key the child itself wrote that its kind lacks (`adapter: {kind:
+    none, r: 8}`) stays, so validation reports it in the child's file.
+    """
+    parent = copy.deepcopy(parent)
     for section in _kind_changes(parent, child):
-        _switch_kind(merged, section)
-    return merged
+        node: Any = parent
+        for part in section:
+            node = node[part]
+        node["kind"] = _at(child, section)["kind"]
+        _switch_kind(parent, section)
+    return deep_merge(parent, child)
+
+
+def _at(data: Any, section: KeyPath) -> Any:
+    for part in section:
+        data = data[part]
+    return data
 
 
 def deep_merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -173,8 +193,14 @@ def _apply_override(data: dict[str, Any], positions: Positions, text: str) -> Pr
         return Problem(source, key, "expected a list index")
     if isinstance(node, list) and not -len(node) <= path[-1] < len(node):
         return Problem(source, key, f"index {path[-1]} is out of range (the list has {len(node)} items)")
+    try:
+        value = parse_scalar(value_text)
+    except ValueError as err:
+        return Problem(source, key, str(err))
+    if non_finite(value):
+        return Problem(source, key, "not a finite number (inf or nan, or too large for a float)")
     previous = node.get(path[-1]) if isinstance(node, dict) else None
-    node[path[-1]] = parse_scalar(value_text)
+    node[path[-1]] = value
     if path[-1] == "kind" and previous is not None and previous != node[path[-1]]:
         _switch_kind(data, path[:-1])
     for existing in [p for p in positions if p[: len(path)] == path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -32,14 +33,59 @@ _Loader.add_implicit_resolver(
 )
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """PyYAML keeps the last of two equal keys; a recipe with two `learning_rate:` lines is a mistake."""
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # an unhashable key; construct_mapping reports it
+        if first is not None:
+            raise _DuplicateKey(key, first, key_node.start_mark.line + 1)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def parse_scalar(text: str) -> Any:
-    """A command-line value, read as YAML (so `20` is an int, `[a, b]` a list, `null` None)."""
-    return yaml.load(text, Loader=_Loader)
+    """A command-line value, read as YAML (so `20` is an int, `[a, b]` a list, `null` None).
+    Raises ValueError naming the problem when the text is not valid YAML."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except _DuplicateKey as err:
+        raise ValueError(f"duplicate key {err.key!r}") from None
+    except yaml.YAMLError as err:
+        reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"the value is not valid YAML ({reason}); quote it if it is a string") from None
+
+
+def non_finite(data: Any, path: KeyPath = ()) -> list[KeyPath]:
+    """Key paths of float values that are inf or nan (1.0e+400 reads as inf)."""
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [path]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in non_finite(v, path + (k,))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in non_finite(v, path + (i,))]
+    return []
 
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], Positions]:
     """The mapping in `path` and the source line of each key path in it."""
     display = str(path)
+    if path.is_dir():
+        raise RecipeError([Problem(Source(display), "", "is a directory; give the recipe's YAML file")])
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -49,6 +95,9 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], Positions]:
     try:
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)
+    except _DuplicateKey as err:
+        raise RecipeError([Problem(Source(display, err.second), str(err.key),
+                                   f"duplicate key (also at line {err.first}); keep one")]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -61,6 +110,10 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], Positions]:
     positions: Positions = {}
     if node is not None:
         _collect(node, (), display, positions)
+    bad = non_finite(data)
+    if bad:
+        raise RecipeError([Problem(positions.get(p, Source(display)), ".".join(map(str, p)),
+                                   "not a finite number (inf or nan, or too large for a float)") for p in bad])
     return data, positions
 
 
