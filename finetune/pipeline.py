@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune import run_files
+from finetune.distributed import strategy
 from finetune.errors import ConfigError
 from finetune.hardware import Hardware, detect
 from finetune.notices import Sink, notice, notices_to
@@ -95,7 +96,8 @@ def build_model(recipe: RecipeBase, section: ModelSection, hardware: Hardware, o
 
     # A sequence-classification head here is always a reward model: one scalar score.
     num_labels = 1 if objective.model_head == "sequence_classification" else None
-    model = load_model(section, recipe.adapter, hardware, objective.model_head, num_labels=num_labels)
+    model = load_model(section, recipe.adapter, hardware, objective.model_head, num_labels=num_labels,
+                       for_fsdp=strategy(recipe.training) == "fsdp")
     new_ids: list[int] = []
     if template is not None and template.added_tokens:
         old = model.get_input_embeddings().weight.shape[0]

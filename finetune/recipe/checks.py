@@ -9,6 +9,7 @@ import difflib
 import re
 from pathlib import Path
 
+from finetune.distributed import strategy_problems
 from finetune.recipe.errors import Problem, Source
 from finetune.recipe.schema import DatasetSpec, RecipeBase
 from finetune.recipe.yaml_source import KeyPath, Positions
@@ -41,6 +42,7 @@ def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source,
         problems.append(at(("data", "validation_fraction"), "give validation datasets or a validation_fraction, not both"))
     problems += _mixing_problems(recipe, at)
     problems += [at(path, message) for path, message in recipe.objective.recipe_problems(recipe)]
+    problems += [at(path, message) for path, message in strategy_problems(recipe)]
     return problems
 
 
