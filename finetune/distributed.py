@@ -141,6 +141,10 @@ def engine_arguments(t: TrainingSection, model: Any, run_dir: Path) -> dict[str,
         _keep(run_dir / "deepspeed.json", config)
         return {"deepspeed": config}
     if chosen == "fsdp":
+        import torch
+
+        # Also here, for processes started by hand (torchrun ft run ...) rather than by `ft run --nproc`.
+        refuse_unrunnable(t, has_gpu=torch.cuda.is_available())
         config = fsdp_config(t, layer_classes(model))
         _keep(run_dir / "fsdp.json", config)
         # FSDP checkpoints activations itself; the training argument would do it a second time.

@@ -25,8 +25,9 @@ class RendezvousError(FtError):
 # What the launcher's traceback says -> what went wrong, in words the user can act on.
 _CAUSES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"timed out|Timed out|TimeoutError|DistStoreError.*timeout|wait timeout", re.I),
-     "not every node joined within training.rdzv_timeout ({timeout} s): start `ft run` on all {nnodes} nodes "
-     "(node ranks 0..{last}) with the same --master-addr/--master-port, or raise --rdzv-timeout"),
+     "not every node joined within training.rdzv_timeout ({timeout} s): check that {addr}:{port} is node 0's "
+     "address and port as seen from every node, start `ft run` on all {nnodes} nodes (node ranks 0..{last}) "
+     "with the same --master-addr/--master-port, or raise --rdzv-timeout"),
     (re.compile(r"gaierror|Name or service not known|failed to resolve|nodename nor servname", re.I),
      "the master address {addr} cannot be resolved: pass node 0's hostname or IP as --master-addr"),
     (re.compile(r"Connection refused|No route to host|Network is unreachable|EADDRNOTAVAIL|"

@@ -54,6 +54,7 @@ def test_fsdp_config_wraps_the_models_decoder_layer(tiny_models: dict[str, Path]
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the config is checked here, not run
     model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
     t = TrainingSection(distributed="fsdp", nproc=2, gradient_checkpointing=True, offload_optimizer=True)
     args = engine_arguments(t, model, tmp_path)
@@ -70,6 +71,17 @@ def test_fsdp_config_wraps_the_models_decoder_layer(tiny_models: dict[str, Path]
 
     parsed = TrainingArguments(output_dir=str(tmp_path / "o"), fsdp=True, fsdp_config=config, report_to="none")
     assert parsed.fsdp_config["version"] == 2
+
+
+def test_fsdp_engine_arguments_refuse_a_cpu_only_process(tiny_models: dict[str, Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process started by hand (torchrun ft run ...) cannot slip past the check into silent DDP."""
+    from finetune.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="fsdp needs GPUs"):
+        engine_arguments(TrainingSection(distributed="fsdp", nproc=2), object(), tmp_path)
 
 
 def test_strategy_defaults_to_ddp_for_several_processes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,3 +177,19 @@ def test_launch_script_command_writes_the_script(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "--nnodes 2" in out.read_text() and "#SBATCH --nodes=2" in out.read_text()
     assert os.access(out, os.X_OK)
+
+
+def test_launch_commands_carry_the_node_settings() -> None:
+    from finetune.launch import launch_command
+
+    t = TrainingSection(nproc=4, nnodes=2, node_rank=1, master_addr="node0", master_port=1234, rdzv_timeout=5)
+    cpu = launch_command(4, ["run", "r.yaml"], False, t)
+    assert cpu[cpu.index("--nnodes") + 1] == "2" and cpu[cpu.index("--node-rank") + 1] == "1"
+    assert cpu[cpu.index("--master-addr") + 1] == "node0" and cpu[cpu.index("--master-port") + 1] == "1234"
+    assert cpu[cpu.index("--rdzv-conf") + 1] == "timeout=5" and "--standalone" not in cpu
+    gpu = launch_command(4, ["run", "r.yaml"], True, t)
+    assert gpu[gpu.index("--num_processes") + 1] == "8", "accelerate counts processes over all machines"
+    assert gpu[gpu.index("--machine_rank") + 1] == "1" and gpu[gpu.index("--main_process_ip") + 1] == "node0"
+    assert gpu[-2:] == ["run", "r.yaml"]
+    single = launch_command(2, ["run"], False, TrainingSection(nproc=2))
+    assert "--standalone" in single
