@@ -69,6 +69,8 @@ def test_fsdp_config_wraps_the_models_decoder_layer(tiny_models: dict[str, Path]
     # transformers accepts it as it is (FSDP2 through Accelerate).
     from transformers import TrainingArguments
 
+    monkeypatch.undo()  # TrainingArguments would try to use the pretended GPU
+
     parsed = TrainingArguments(output_dir=str(tmp_path / "o"), fsdp=True, fsdp_config=config, report_to="none")
     assert parsed.fsdp_config["version"] == 2
 
