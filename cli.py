@@ -89,6 +89,11 @@ def run(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
     nproc: Annotated[int | None, typer.Option(help="Processes to launch (default: training.nproc).")] = None,
+    nnodes: Annotated[int | None, typer.Option(help="Multi-node: machines taking part (training.nnodes).")] = None,
+    node_rank: Annotated[int | None, typer.Option(help="Multi-node: this machine's rank, 0 is the master.")] = None,
+    master_addr: Annotated[str | None, typer.Option(help="Multi-node: address of node 0.")] = None,
+    master_port: Annotated[int | None, typer.Option(help="Multi-node: rendezvous port on node 0.")] = None,
+    rdzv_timeout: Annotated[int | None, typer.Option(help="Multi-node: seconds to wait for every node.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in output_dir.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in output_dir.")] = False,
     rerun: Annotated[list[str] | None, typer.Option(
@@ -96,20 +101,28 @@ def run(
 ) -> None:
     """Validate RECIPE (a recipe or a pipeline of stages), train, and write the run directory."""
     with _user_errors():
-        from finetune.preflight import check_arguments
+        from finetune.launch import (
+            flag_overrides,
+            in_distributed_child,
+            launch,
+            refuse_before_launch,
+        )
+        from finetune.preflight import check_arguments, check_run_start
         from finetune.stages import Pipeline, load
 
         check_arguments(overwrite=overwrite, resume=resume, nproc=nproc)
-        spec = load(_resolve_recipe(recipe), overrides or [])
-        from finetune.launch import in_distributed_child, launch
-        from finetune.preflight import check_run_start
 
+        overrides = [*(overrides or []), *flag_overrides(nproc=nproc, nnodes=nnodes, node_rank=node_rank,
+                                                         master_addr=master_addr, master_port=master_port,
+                                                         rdzv_timeout=rdzv_timeout)]
+        spec = load(_resolve_recipe(recipe), overrides)
         recipes = [s.recipe for s in spec.stages] if isinstance(spec, Pipeline) else [spec]
         check_run_start(spec, recipes, _resolve_recipe(recipe), overwrite=overwrite)
-        processes = nproc or max(r.training.nproc for r in recipes)
-        if processes > 1 and not in_distributed_child():
+        processes = max(r.training.nproc for r in recipes)
+        if (processes > 1 or recipes[0].training.nnodes > 1) and not in_distributed_child():
+            refuse_before_launch(recipes)
             raise typer.Exit(launch(processes, _child_args(recipe, overrides, spec, overwrite, resume, rerun,
-                                                           processes)))
+                                                           processes), recipes[0].training))
         from finetune.outputs import is_main_process
 
         if isinstance(spec, Pipeline):
@@ -140,12 +153,33 @@ def _child_args(recipe: Path, overrides: list[str] | None, spec: Any, overwrite:
             replace_dir(spec.output_dir, (_resolve_recipe(recipe),))
         return ["run", str(_resolve_recipe(recipe)), *(overrides or []), *[f"--rerun={r}" for r in rerun or []]]
     run_dir = Path(spec.output_dir).expanduser().resolve()
-    prepare_output_dir(run_dir, overwrite=overwrite, resume=resume, protect=(_resolve_recipe(recipe),))
-    if resume:
-        from finetune.pipeline import resume_checkpoint
+    if spec.training.node_rank == 0:  # other nodes share node 0's output directory; it alone prepares it
+        prepare_output_dir(run_dir, overwrite=overwrite, resume=resume, protect=(_resolve_recipe(recipe),))
+        if resume:
+            from finetune.pipeline import resume_checkpoint
 
-        resume_checkpoint(run_dir, spec, world_size=processes)
+            resume_checkpoint(run_dir, spec, world_size=processes)
     return ["run", str(_resolve_recipe(recipe)), *(overrides or [])] + (["--resume"] if resume else [])
+
+
+@app.command("launch-script")
+def launch_script(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    slurm: Annotated[bool, typer.Option(help="Write a Slurm sbatch script (the only scheduler supported).")] = False,
+    nodes: Annotated[int, typer.Option(help="Nodes to run on.")] = 1,
+    gpus_per_node: Annotated[int, typer.Option(help="Processes (GPUs) per node.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Write the script here (default: print it).")] = None,
+) -> None:
+    """Write a cluster job script that runs RECIPE on several nodes (one launcher per node)."""
+    with _user_errors():
+        from finetune.errors import ConfigError
+        from finetune.slurm import write_sbatch_script
+
+        if not slurm:
+            raise ConfigError("launch-script: say which scheduler: --slurm")
+        text = write_sbatch_script(_resolve_recipe(recipe), nodes, gpus_per_node, overrides or [], out)
+        typer.echo(f"Wrote {out}; submit it with: sbatch {out}" if out else text, nl=out is not None)
 
 
 def _finished_message(result: Any, spec: Any) -> str:

@@ -136,7 +136,7 @@ def load_tokenizer(section: ModelSection) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def quantization_config(adapter: Any, hardware: Hardware) -> Any:
+def quantization_config(adapter: Any, hardware: Hardware, for_fsdp: bool = False) -> Any:
     """bitsandbytes 4-bit config for QLoRA, else None."""
     if not isinstance(adapter, QLoraAdapter):
         return None
@@ -152,11 +152,14 @@ def quantization_config(adapter: Any, hardware: Hardware) -> Any:
         # Output heads stay in full precision: the LM head (TRL's chunked loss multiplies by its weight
         # directly) and a reward model's score head, which is trained.
         llm_int8_skip_modules=["lm_head", "score", "classifier"],
+        # FSDP shards units of one dtype: under FSDP the 4-bit weights are stored in the compute dtype
+        # (the default uint8 storage cannot be sharded with the LoRA weights); same bytes, packed.
+        bnb_4bit_quant_storage=getattr(torch, compute) if for_fsdp else torch.uint8,
     )
 
 
 def load_model(section: ModelSection, adapter: Any, hardware: Hardware, kind: str = "causal_lm",
-               config: dict[str, Any] | None = None) -> PreTrainedModel:
+               config: dict[str, Any] | None = None, for_fsdp: bool = False) -> PreTrainedModel:
     """The recipe's base model for training, with the head of model kind `kind`, full precision or
     4-bit; `config` sets what the objective decides (a classifier's num_labels and label names)."""
     import torch
@@ -165,7 +168,7 @@ def load_model(section: ModelSection, adapter: Any, hardware: Hardware, kind: st
     if section.attn_implementation:
         kwargs["attn_implementation"] = section.attn_implementation
     kwargs.update(config or {})
-    quant = quantization_config(adapter, hardware)
+    quant = quantization_config(adapter, hardware, for_fsdp)
     if quant is not None:
         kwargs["quantization_config"] = quant
         # bitsandbytes quantizes while loading onto the target device.

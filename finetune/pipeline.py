@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune import run_files
+from finetune.distributed import strategy
 from finetune.errors import ConfigError, FtError
 from finetune.hardware import Hardware, detect
 from finetune.notices import Sink, notice, notices_to
@@ -96,7 +97,7 @@ def build_model(recipe: RecipeBase, section: ModelSection, hardware: Hardware, o
     from finetune.models import load_model
 
     model = load_model(section, recipe.adapter, hardware, objective.model_head,
-                       config=recipe.objective.head_config(data))
+                       config=recipe.objective.head_config(data), for_fsdp=strategy(recipe.training) == "fsdp")
     new_ids: list[int] = []
     if template is not None and template.added_tokens:
         old = model.get_input_embeddings().weight.shape[0]

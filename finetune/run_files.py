@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune.distributed import strategy
 from finetune.outputs import (
     append_jsonl,
     git_commit,
@@ -98,6 +99,7 @@ def write_manifest(run_dir: Path, recipe: RecipeBase, hardware: Hardware, model:
         "hardware": hardware.name,
         "precision": hardware.precision,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "strategy": strategy(recipe.training),
         "wall_time_s": round(time.time() - started, 2),
         "parameters": {"trainable": trainable, "total": total},
     }

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune.distributed import engine_arguments
 from finetune.hardware import Hardware
 from finetune.recipe.schema import ModelSection, RecipeBase, TrainingSection
 
@@ -44,6 +45,7 @@ class RunParts:
         """The objective's TRL config: training section + objective settings + training.extra."""
         kwargs = training_kwargs(self.recipe.training, self.hardware, has_eval=self.eval_dataset is not None)
         kwargs.update(output_dir=str(self.checkpoint_dir), seed=self.recipe.seed, data_seed=self.recipe.seed)
+        kwargs.update(engine_arguments(self.recipe.training, self.model, self.run_dir))
         kwargs.update(objective_kwargs)
         clash = sorted(set(self.recipe.training.extra) & set(objective_kwargs))
         if clash:
@@ -96,6 +98,8 @@ def _managed_fields() -> dict[str, str]:
 
     names = training_kwargs(TrainingSection(optimizer="adamw_torch"), Hardware("cpu", "fp32", ""), has_eval=True)
     sources = {name: "the training section" for name in names}
+    sources.update(deepspeed="training.distributed", fsdp="training.distributed",
+                   fsdp_config="training.distributed")
     sources.update(output_dir="output_dir", seed="seed", data_seed="seed", learning_rate="training.learning_rate",
                    max_steps="training.max_steps", num_train_epochs="training.epochs",
                    per_device_train_batch_size="training.batch_size", optim="training.optimizer",

@@ -9,6 +9,7 @@ import difflib
 import re
 from pathlib import Path
 
+from finetune.distributed import strategy_problems
 from finetune.recipe.errors import Problem, Source
 from finetune.recipe.schema import DatasetSpec, RecipeBase
 from finetune.recipe.yaml_source import KeyPath, Positions
@@ -44,6 +45,7 @@ def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source,
     from finetune.preflight import recipe_problems
 
     problems += recipe_problems(recipe, at, pending)
+    problems += [at(path, message) for path, message in strategy_problems(recipe)]
     return problems
 
 

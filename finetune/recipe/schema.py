@@ -217,6 +217,22 @@ class TrainingSection(Strict):
         default_factory=list, description="Trackers: wandb, tensorboard, ... (empty: none)."
     )
     nproc: int = Field(1, gt=0, description="Processes to launch (one per GPU; CPU works too).")
+    distributed: Literal["auto", "ddp", "fsdp", "zero2", "zero3"] = Field(
+        "auto", description="auto: ddp when more than one process. fsdp: FSDP2 full sharding (GPUs only); "
+        "zero2/zero3: DeepSpeed ZeRO (pip install -e '.[deepspeed]'). See finetune/distributed.py.")
+    offload_optimizer: bool = Field(
+        False, description="zero2/zero3: optimizer states in CPU memory. fsdp: parameters and gradients on CPU.")
+    offload_params: bool = Field(False, description="zero3: parameters in CPU memory.")
+    deepspeed_config: str | None = Field(
+        None, description="Expert: your own DeepSpeed JSON instead of the one ft generates (zero2/zero3).")
+    accelerate_config: str | None = Field(
+        None, description="Expert: your own Accelerate config YAML for the launcher (GPU runs).")
+    nnodes: int = Field(1, gt=0, description="Machines taking part (multi-node: one `ft run` per node).")
+    node_rank: int = Field(0, ge=0, description="This machine's rank among nnodes (0 is the master).")
+    master_addr: str = Field("127.0.0.1", description="Address of node 0, reachable from every node.")
+    master_port: int = Field(29500, gt=0, lt=65536, description="Free TCP port on node 0 for the rendezvous.")
+    rdzv_timeout: int = Field(
+        300, gt=0, description="Seconds to wait for every node to join before giving up.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when present, else CPU."
     )
