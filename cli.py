@@ -178,6 +178,36 @@ def _example_prompt(spec: Any) -> str:
 
 
 @app.command()
+def smoke(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps per stage.")] = 3,
+    rows: Annotated[int, typer.Option(min=1, help="Rows read from every dataset.")] = 32,
+    junit: Annotated[Path | None, typer.Option(help="Also write a JUnit XML report here (for CI).")] = None,
+    prefetch: Annotated[bool, typer.Option(help="Only download the models' config and tokenizer files (never "
+                                           "weights) into the Hugging Face cache, for offline smoke runs.")] = False,
+    work_dir: Annotated[Path | None, typer.Option(help="Where the shrunk models and runs go (default: a temp dir).")
+                        ] = None,
+) -> None:
+    """Run RECIPE (or every stage of a pipeline) shrunk to a tiny random model of the same architecture,
+    with its real tokenizer, data and masks, on a few rows for a few steps; print a pass/fail line per
+    check. Exit 0 when every check passes, 1 when one fails, 2 for an invalid recipe."""
+    with _user_errors():
+        from finetune.smoke.runner import prefetch_recipe
+        from finetune.smoke.runner import smoke as run_smoke
+
+        if prefetch:
+            for line in prefetch_recipe(_resolve_recipe(recipe), overrides or []):
+                typer.echo(f"cached {line}")
+            return
+        report = run_smoke(_resolve_recipe(recipe), overrides or [], steps=steps, rows=rows, work_dir=work_dir)
+        typer.echo(report.render())
+        if junit is not None:
+            report.write_junit(junit)
+        raise typer.Exit(report.exit_code)
+
+
+@app.command()
 def validate(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
