@@ -107,15 +107,13 @@ def run(
             raise typer.Exit(launch(processes, _child_args(recipe, overrides, spec, overwrite, resume, rerun)))
         from finetune.outputs import is_main_process
 
-        if isinstance(spec, Pipeline):
-            from finetune.stages import run_pipeline
+        from finetune.api import run as run_api
 
-            results = run_pipeline(spec, overwrite=overwrite, rerun=set(rerun or []), log=typer.echo)
+        results = run_api(spec, overwrite=overwrite, resume=resume, rerun=rerun or [], log=typer.echo)
+        if isinstance(spec, Pipeline):
             done = [(stage, result) for stage, result in zip(spec.stages, results) if result is not None]
         else:
-            from finetune.pipeline import run as run_recipe
-
-            done = [(None, run_recipe(spec, overwrite=overwrite, resume=resume, log=typer.echo))]
+            done = [(None, results)]
         if is_main_process():
             for stage, result in done:
                 typer.echo(_finished_message(result, stage.recipe if stage else spec))
@@ -193,8 +191,8 @@ def smoke(
     with its real tokenizer, data and masks, on a few rows for a few steps; print a pass/fail line per
     check. Exit 0 when every check passes, 1 when one fails, 2 for an invalid recipe."""
     with _user_errors():
+        from finetune.api import smoke as run_smoke
         from finetune.smoke.runner import prefetch_recipe
-        from finetune.smoke.runner import smoke as run_smoke
 
         if prefetch:
             for line in prefetch_recipe(_resolve_recipe(recipe), overrides or []):
@@ -245,12 +243,9 @@ def generate(
 ) -> None:
     """Print the trained model's greedy answer to one prompt (chat template applied)."""
     with _user_errors():
-        from finetune.generate import generate as gen
-        from finetune.generate import load_for_generation
+        from finetune.api import generate as generate_api
 
-        model, tokenizer = load_for_generation(run_dir)
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        typer.echo(gen(model, tokenizer, messages, max_new_tokens))
+        typer.echo(generate_api(run_dir, prompt, system=system, max_new_tokens=max_new_tokens))
 
 
 @app.command()

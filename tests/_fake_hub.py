@@ -56,7 +56,8 @@ def write_model(root: Path, name: str, config: dict, eos: str) -> Path:
                                 bos_token=None, eos_token=eos, pad_token="<|endoftext|>", unk_token="<unk>")
     tokenizer.save_pretrained(snapshot)
     ids = {"bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-           "eos_token_id": tokenizer.convert_tokens_to_ids(eos), "vocab_size": len(tokenizer)}
+           "eos_token_id": tokenizer.convert_tokens_to_ids(eos), "pad_token_id": tokenizer.pad_token_id,
+           "vocab_size": len(tokenizer)}
     (snapshot / "config.json").write_text(json.dumps({**config, **ids}, indent=2))
     (entry / "refs").mkdir(parents=True, exist_ok=True)
     (entry / "refs" / "main").write_text(REVISION)

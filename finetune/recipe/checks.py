@@ -9,6 +9,7 @@ import difflib
 import re
 from pathlib import Path
 
+from finetune.trackers import tracker_problems
 from finetune.recipe.errors import Problem, Source
 from finetune.recipe.schema import DatasetSpec, RecipeBase
 from finetune.recipe.yaml_source import KeyPath, Positions
@@ -40,6 +41,7 @@ def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source,
     if recipe.data.validation and recipe.data.validation_fraction > 0:
         problems.append(at(("data", "validation_fraction"), "give validation datasets or a validation_fraction, not both"))
     problems += _mixing_problems(recipe, at)
+    problems += [at(("training", "report_to", i), message) for i, message in tracker_problems(recipe.training.report_to)]
     problems += [at(path, message) for path, message in recipe.objective.recipe_problems(recipe)]
     return problems
 

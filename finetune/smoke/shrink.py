@@ -5,6 +5,7 @@ local directory or the Hugging Face cache; `prefetch` is the one place that down
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,13 @@ class ShrunkModel:
     vocab_size: int
 
 
+def hub_cache() -> str | None:
+    """The Hub cache as the environment says now (huggingface_hub reads HF_HOME once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    return str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
+
+
 def source_dir(name_or_path: str, revision: str | None = None) -> Path:
     """The directory holding the model's config.json and tokenizer: a local one, or the Hub cache's
     snapshot (HF_HOME), read without the network."""
@@ -50,7 +58,7 @@ def source_dir(name_or_path: str, revision: str | None = None) -> Path:
 
     try:
         found = Path(snapshot_download(name_or_path, revision=revision, allow_patterns=CONFIG_PATTERNS,
-                                       local_files_only=True))
+                                       local_files_only=True, cache_dir=hub_cache()))
     except Exception as err:  # noqa: BLE001 - any miss (not cached, bad id) means the same thing here
         raise SmokeSourceError(_not_cached(name_or_path, err)) from None
     if not (found / "config.json").is_file():
@@ -73,7 +81,8 @@ def prefetch(name_or_path: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(name_or_path, revision=revision, allow_patterns=CONFIG_PATTERNS))
+        return Path(snapshot_download(name_or_path, revision=revision, allow_patterns=CONFIG_PATTERNS,
+                                      cache_dir=hub_cache()))
     except Exception as err:  # noqa: BLE001 - offline, gated or unknown: the user must act either way
         raise SmokeSourceError(f"could not download the config/tokenizer of {name_or_path!r} (offline, gated, or "
                                f"not a Hub id): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
