@@ -38,6 +38,12 @@ class RunResult:
     metrics: list[dict[str, Any]]
     manifest: dict[str, Any]
 
+    def plot(self) -> Any:
+        """The loss plot (loss.png): shown inline when it is a notebook cell's last expression."""
+        from IPython.display import Image
+
+        return Image(filename=str(self.run_dir / "loss.png"))
+
 
 def setup_template(tokenizer: PreTrainedTokenizerBase, recipe: RecipeBase, objective: Objective) -> ResolvedTemplate | None:
     """Give the tokenizer the recipe's chat template; None when the objective reads raw text."""
