@@ -22,7 +22,7 @@ from finetune.recipe.loader import dump_recipe
 from finetune.recipe.schema import ModelSection, RecipeBase
 from finetune.registry import Objective, get_objective
 from finetune.run_parts import RunParts, check_extra
-from finetune.trackers import RunConfigCallback, tracking_env
+from finetune.trackers import run_config_callback, tracking_env
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -179,4 +179,4 @@ def _tracker_callbacks(recipe: RecipeBase, hardware: Hardware, model: Any) -> li
                 "hardware": hardware.name, "precision": hardware.precision,
                 "parameters": {"trainable": trainable, "total": total}}
     config = {"recipe": recipe.model_dump(mode="json"), "manifest": manifest}
-    return [RunConfigCallback(list(recipe.training.report_to), config)]
+    return [run_config_callback(list(recipe.training.report_to), config)]

@@ -65,26 +65,22 @@ def tracking_env(report_to: list[str], run_dir: Path) -> Iterator[None]:
             os.environ.pop(variable, None)
 
 
-def _callback_base() -> type:
+def run_config_callback(report_to: list[str], config: dict[str, Any]) -> Any:
+    """A TrainerCallback that logs the run name, the resolved recipe and the manifest's known parts
+    as the tracker run's config when training starts (after transformers' own callbacks opened
+    their runs). Built here so that importing this module (ft validate) does not import transformers."""
     from transformers import TrainerCallback
 
-    return TrainerCallback
+    class RunConfigCallback(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            flat = {"ft_run_name": args.run_name, "ft_recipe": json.dumps(config["recipe"]),
+                    "ft_manifest": json.dumps(config["manifest"])}
+            for name in report_to:
+                _LOGGERS[name](flat, config)
 
-
-class RunConfigCallback(_callback_base()):  # type: ignore[misc]
-    """Logs the run name, the resolved recipe and the manifest's known parts as the tracker run's
-    config when training starts (after transformers' own callbacks opened their runs)."""
-
-    def __init__(self, report_to: list[str], config: dict[str, Any]) -> None:
-        self.report_to, self.config = report_to, config
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        if not state.is_world_process_zero:
-            return
-        flat = {"ft_run_name": args.run_name, "ft_recipe": json.dumps(self.config["recipe"]),
-                "ft_manifest": json.dumps(self.config["manifest"])}
-        for name in self.report_to:
-            _LOGGERS[name](flat, self.config)
+    return RunConfigCallback()
 
 
 def _to_wandb(flat: dict[str, str], config: dict[str, Any]) -> None:
