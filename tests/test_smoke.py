@@ -151,3 +151,12 @@ def test_not_cached_names_the_files_and_the_prefetch_command(tmp_path: Path, mon
         from finetune.smoke.runner import prefetch_recipe
 
         prefetch_recipe(ROOT / "recipes" / "sft_lora.yaml")
+
+
+def test_cli_exit_codes_for_an_invalid_recipe(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["smoke", str(_recipe(tmp_path)), "training.learning_rat=1"])
+    assert result.exit_code == 2 and "learning_rat: unknown key" in result.output
