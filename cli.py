@@ -123,17 +123,14 @@ def run(
             refuse_before_launch(recipes)
             raise typer.Exit(launch(processes, _child_args(recipe, overrides, spec, overwrite, resume, rerun,
                                                            processes), recipes[0].training))
+        from finetune.api import run as run_api
         from finetune.outputs import is_main_process
 
+        results = run_api(spec, overwrite=overwrite, resume=resume, rerun=rerun or [], log=typer.echo)
         if isinstance(spec, Pipeline):
-            from finetune.stages import run_pipeline
-
-            results = run_pipeline(spec, overwrite=overwrite, rerun=set(rerun or []), log=typer.echo)
             done = [(stage, result) for stage, result in zip(spec.stages, results) if result is not None]
         else:
-            from finetune.pipeline import run as run_recipe
-
-            done = [(None, run_recipe(spec, overwrite=overwrite, resume=resume, log=typer.echo))]
+            done = [(None, results)]
         if is_main_process():
             for stage, result in done:
                 typer.echo(_finished_message(result, stage.recipe if stage else spec))
@@ -223,6 +220,36 @@ def _example_prompt(spec: Any) -> str:
 
 
 @app.command()
+def smoke(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps per stage.")] = 3,
+    rows: Annotated[int, typer.Option(min=1, help="Rows read from every dataset.")] = 32,
+    junit: Annotated[Path | None, typer.Option(help="Also write a JUnit XML report here (for CI).")] = None,
+    prefetch: Annotated[bool, typer.Option(help="Only download the models' config and tokenizer files (never "
+                                           "weights) into the Hugging Face cache, for offline smoke runs.")] = False,
+    work_dir: Annotated[Path | None, typer.Option(help="Where the shrunk models and runs go (default: a temp dir).")
+                        ] = None,
+) -> None:
+    """Run RECIPE (or every stage of a pipeline) shrunk to a tiny random model of the same architecture,
+    with its real tokenizer, data and masks, on a few rows for a few steps; print a pass/fail line per
+    check. Exit 0 when every check passes, 1 when one fails, 2 for an invalid recipe."""
+    with _user_errors():
+        from finetune.api import smoke as run_smoke
+        from finetune.smoke.runner import prefetch_recipe
+
+        if prefetch:
+            for line in prefetch_recipe(_resolve_recipe(recipe), overrides or []):
+                typer.echo(f"cached {line}")
+            return
+        report = run_smoke(_resolve_recipe(recipe), overrides or [], steps=steps, rows=rows, work_dir=work_dir)
+        typer.echo(report.render())
+        if junit is not None:
+            report.write_junit(junit)
+        raise typer.Exit(report.exit_code)
+
+
+@app.command()
 def validate(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
@@ -280,12 +307,9 @@ def generate(
 ) -> None:
     """Print the trained model's greedy answer to one prompt (chat template applied)."""
     with _user_errors():
-        from finetune.generate import generate as gen
-        from finetune.generate import load_for_generation
+        from finetune.api import generate as generate_api
 
-        model, tokenizer = load_for_generation(run_dir)
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        typer.echo(gen(model, tokenizer, messages, max_new_tokens))
+        typer.echo(generate_api(run_dir, prompt, system=system, max_new_tokens=max_new_tokens))
 
 
 @app.command()

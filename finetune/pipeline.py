@@ -23,6 +23,7 @@ from finetune.recipe.loader import dump_recipe
 from finetune.recipe.schema import ModelSection, RecipeBase
 from finetune.registry import Objective, get_objective
 from finetune.run_parts import RunParts, check_extra
+from finetune.trackers import run_config_callback, tracking_env
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -37,6 +38,12 @@ class RunResult:
     final_dir: Path
     metrics: list[dict[str, Any]]
     manifest: dict[str, Any]
+
+    def plot(self) -> Any:
+        """The loss plot (loss.png): shown inline when it is a notebook cell's last expression."""
+        from IPython.display import Image
+
+        return Image(filename=str(self.run_dir / "loss.png"))
 
 
 def setup_template(tokenizer: PreTrainedTokenizerBase, recipe: RecipeBase, objective: Objective) -> ResolvedTemplate | None:
@@ -174,16 +181,33 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     parts = RunParts(recipe=recipe, hardware=hardware, run_dir=run_dir, tokenizer=tokenizer, model=model,
                      train_dataset=data.train, eval_dataset=data.eval, base=section,
                      callbacks=[run_files.MetricsCallback(metrics_path, resume_from=checkpoint), *guards,
-                                *(callbacks or [])])
-    trainer = objective.build_trainer(parts)
-    if is_main_process():
-        write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
-    try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    finally:
-        guards[1].restore()  # the signal handlers, also when training raised
+                                *_tracker_callbacks(recipe, hardware, model), *(callbacks or [])])
+    with tracking_env(recipe.training.report_to, run_dir):  # trackers read their directories at setup
+        trainer = objective.build_trainer(parts)
+        if is_main_process():
+            write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        finally:
+            guards[1].restore()  # the signal handlers, also when training raised
     final_dir = run_files.save_final(trainer, tokenizer, run_dir)
     manifest = run_files.write_manifest(run_dir, recipe, hardware, model, data, template, started)
     metrics = run_files.finish_metrics(run_dir, recipe)
     return RunResult(run_dir=run_dir, final_dir=final_dir, metrics=metrics, manifest=manifest)
 
+
+
+def _tracker_callbacks(recipe: RecipeBase, hardware: Hardware, model: Any) -> list[Any]:
+    """Log the resolved recipe and what the manifest will record (known before training) as the
+    trackers' run config."""
+    if not recipe.training.report_to:
+        return []
+    from finetune.adapters import count_parameters
+
+    trainable, total = count_parameters(model)
+    manifest = {"versions": run_files.package_versions(), "seed": recipe.seed, "objective": recipe.objective.kind,
+                "adapter": recipe.adapter.kind, "base_model": recipe.model.name_or_path, "device": hardware.device,
+                "hardware": hardware.name, "precision": hardware.precision,
+                "parameters": {"trainable": trainable, "total": total}}
+    config = {"recipe": recipe.model_dump(mode="json"), "manifest": manifest}
+    return [run_config_callback(list(recipe.training.report_to), config)]

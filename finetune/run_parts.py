@@ -44,7 +44,8 @@ class RunParts:
     def trainer_config(self, config_class: type, **objective_kwargs: Any) -> Any:
         """The objective's TRL config: training section + objective settings + training.extra."""
         kwargs = training_kwargs(self.recipe.training, self.hardware, has_eval=self.eval_dataset is not None)
-        kwargs.update(output_dir=str(self.checkpoint_dir), seed=self.recipe.seed, data_seed=self.recipe.seed)
+        kwargs.update(output_dir=str(self.checkpoint_dir), seed=self.recipe.seed, data_seed=self.recipe.seed,
+                      run_name=self.run_dir.name)  # the trackers' run name
         kwargs.update(engine_arguments(self.recipe.training, self.model, self.run_dir))
         kwargs.update(objective_kwargs)
         clash = sorted(set(self.recipe.training.extra) & set(objective_kwargs))
@@ -100,7 +101,8 @@ def _managed_fields() -> dict[str, str]:
     sources = {name: "the training section" for name in names}
     sources.update(deepspeed="training.distributed", fsdp="training.distributed",
                    fsdp_config="training.distributed")
-    sources.update(output_dir="output_dir", seed="seed", data_seed="seed", learning_rate="training.learning_rate",
+    sources.update(output_dir="output_dir", run_name="output_dir", seed="seed", data_seed="seed",
+                   learning_rate="training.learning_rate",
                    max_steps="training.max_steps", num_train_epochs="training.epochs",
                    per_device_train_batch_size="training.batch_size", optim="training.optimizer",
                    bf16="training.precision", fp16="training.precision", use_cpu="training.device")

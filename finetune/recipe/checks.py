@@ -13,6 +13,7 @@ from finetune.distributed import strategy_problems
 from finetune.recipe.errors import Problem, Source
 from finetune.recipe.schema import DatasetSpec, RecipeBase
 from finetune.recipe.yaml_source import KeyPath, Positions
+from finetune.trackers import tracker_problems
 
 # "org/name" or "name": what a Hub id looks like. A path with a file extension or a leading
 # ./ ../ / ~ is meant to be local, so a missing one is reported now rather than sent to the Hub.
@@ -41,6 +42,7 @@ def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source,
     if recipe.data.validation and recipe.data.validation_fraction > 0:
         problems.append(at(("data", "validation_fraction"), "give validation datasets or a validation_fraction, not both"))
     problems += _mixing_problems(recipe, at)
+    problems += [at(("training", "report_to", i), message) for i, message in tracker_problems(recipe.training.report_to)]
     problems += [at(path, message) for path, message in recipe.objective.recipe_problems(recipe)]
     from finetune.preflight import recipe_problems
 

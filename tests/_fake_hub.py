@@ -1,0 +1,71 @@
+"""A Hugging Face cache (HF_HOME layout) holding only the config and tokenizer files of the models the
+shipped recipes name, built offline. The config.json values are the real models' (Qwen2.5-0.5B and
+-Instruct, as published), except `vocab_size` and the special token ids: the tokenizer is a tiny
+byte-level BPE with Qwen's special tokens and Qwen2.5's chat template, because the real 151k-token
+tokenizer cannot be built without the network. Used by the smoke tests and benchmarks/smoke_times.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from finetune.tiny import build_tokenizer
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+# Qwen2.5's template (system default, no tools branch), as shipped in its tokenizer_config.json.
+QWEN25_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or "
+    "(message.role == 'assistant') %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{{- '<|im_start|>user\\n<tool_response>\\n' + message.content + '\\n</tool_response><|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+_QWEN25_05B = {
+    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "hidden_act": "silu", "hidden_size": 896,
+    "initializer_range": 0.02, "intermediate_size": 4864, "max_position_embeddings": 32768,
+    "max_window_layers": 24, "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24,
+    "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False,
+}
+# name -> (config overrides, eos token)
+MODELS = {
+    "Qwen/Qwen2.5-0.5B-Instruct": ({"max_window_layers": 21}, "<|im_end|>"),
+    "Qwen/Qwen2.5-0.5B": ({}, "<|endoftext|>"),
+}
+CORPUS = ["What is ft? ft fine-tunes language models from one recipe.", "2 + 2 = 4", "Hello, how are you?",
+          "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", "The quick brown fox."] * 4
+
+
+def write_model(root: Path, name: str, config: dict, eos: str) -> Path:
+    """One models--ORG--NAME entry: snapshots/REV/{config,tokenizer files} and refs/main."""
+    entry = root / "hub" / f"models--{name.replace('/', '--')}"
+    snapshot = entry / "snapshots" / REVISION
+    tokenizer = build_tokenizer(CORPUS, vocab_size=400, chat_template=QWEN25_TEMPLATE,
+                                special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                bos_token=None, eos_token=eos, pad_token="<|endoftext|>", unk_token="<unk>")
+    tokenizer.save_pretrained(snapshot)
+    ids = {"bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+           "eos_token_id": tokenizer.convert_tokens_to_ids(eos), "pad_token_id": tokenizer.pad_token_id,
+           "vocab_size": len(tokenizer)}
+    (snapshot / "config.json").write_text(json.dumps({**config, **ids}, indent=2))
+    (entry / "refs").mkdir(parents=True, exist_ok=True)
+    (entry / "refs" / "main").write_text(REVISION)
+    return snapshot
+
+
+def write_fake_hub(root: Path) -> Path:
+    """HF_HOME with every Hub model of the shipped recipes; returns root."""
+    for name, (overrides, eos) in MODELS.items():
+        write_model(root, name, {**_QWEN25_05B, **overrides}, eos)
+    return root
