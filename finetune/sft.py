@@ -40,6 +40,8 @@ def build_sft_trainer(parts: RunParts, **config: Any) -> Any:
         # Pinned, not left to TRL's default: best-fit-decreasing keeps every example whole and trains
         # padding-free, which is what data.packing documents (see data_templates/packing.py).
         **({"packing_strategy": "bfd"} if packing else {}),
+        # data.batching: padding_free (finetune/batching.py); packing is padding-free already.
+        padding_free=not packing and parts.recipe.data.batching == "padding_free",
         **config,
     )
     return SFTTrainer(args=args, **parts.trainer_inputs())

@@ -9,6 +9,7 @@ import difflib
 import re
 from pathlib import Path
 
+from finetune import batching, throughput
 from finetune.recipe.errors import Problem, Source
 from finetune.recipe.schema import DatasetSpec, RecipeBase
 from finetune.recipe.yaml_source import KeyPath, Positions
@@ -41,6 +42,7 @@ def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source,
         problems.append(at(("data", "validation_fraction"), "give validation datasets or a validation_fraction, not both"))
     problems += _mixing_problems(recipe, at)
     problems += [at(path, message) for path, message in recipe.objective.recipe_problems(recipe)]
+    problems += [at(path, message) for path, message in [*batching.problems(recipe), *throughput.recipe_problems(recipe)]]
     return problems
 
 
