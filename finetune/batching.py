@@ -132,8 +132,13 @@ def example_lengths(dataset: Any) -> list[int] | None:
 
 def install(trainer: Any, recipe: RecipeBase, choice: Batching) -> Batching:
     """Give the trainer the length-grouped sampler when the mode asks for it; returns the mode used."""
+    from transformers import Trainer
+
     if choice.mode != "length":
         return choice
+    if type(trainer)._get_train_sampler is not Trainer._get_train_sampler:
+        return Batching("random", f"{type(trainer).__name__} orders its training data itself (GRPO repeats each "
+                        "prompt for its group, KTO pairs rows for its KL term); ft leaves that order alone")
     lengths = example_lengths(trainer.train_dataset)
     if lengths is None:
         return Batching("random", "length grouping needs tokenized data, and this objective tokenizes "

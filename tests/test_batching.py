@@ -175,3 +175,17 @@ def test_mfu_from_a_known_peak() -> None:
     per_token = 4 * 1_000_000 + 2 * 100 + 12 * 2 * 64 * 100
     assert out["flops_per_token"] == per_token
     assert out["mfu"] == round(per_token * 1e8 / 989e12, 4) and 0.1 < out["mfu"] < 1
+
+
+@pytest.mark.parametrize("kind", ["dpo", "reward"])
+def test_preference_trainers_get_length_grouping(kind: str, align_model: Path, align_data: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    from finetune.pipeline import run
+    from finetune.recipe.loader import load_recipe
+    from tests._runs import write_recipe as write_run_recipe
+
+    path = write_run_recipe(tmp_path, align_model, data=align_data["pairs"], fmt="preference", objective=kind)
+    log: list[str] = []
+    result = run(load_recipe(path, ["training.max_steps=2", "data.max_length=64"]), log=log.append)
+    assert result.manifest["batching"]["mode"] == "length"
+    assert any(line.startswith("batching: length (") for line in log)
