@@ -30,9 +30,10 @@ def default_num_proc(rows: int) -> int:
         return max(1, int(env))
     if rows <= PARALLEL_MIN_ROWS or "fork" not in multiprocessing.get_all_start_methods():
         return 1
+    # Under --nproc the main process tokenizes first while the other ranks wait (pipeline.load_data), then
+    # they load its cache entry: the main process may use every core.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    # Under --nproc every rank prepares its data at once: share the cores between them.
-    return max(1, min(cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), MAX_PROC))
+    return max(1, min(cores, MAX_PROC))
 
 
 def _tokenize_one(tokenizer: Any, row: dict[str, Any], loss_on: str) -> dict[str, list[int]] | str:
