@@ -144,13 +144,15 @@ TOOLS = {"ft": _ft_cmd, "trl": _trl_cmd, "llamafactory": _lf_cmd}
 
 def install_llamafactory() -> None:
     """LLaMA-Factory 0.9.5 in its own venv: torch 2.13.0 (CPU) first, no torchvision, a stub torchaudio."""
-    pip = LF_VENV / "bin" / "pip"
-    if not (LF_VENV / "bin" / "llamafactory-cli").exists():
+    pip, done = LF_VENV / "bin" / "pip", LF_VENV / ".ft-installed"
+    if not done.exists():
         if not pip.exists():
             subprocess.run([sys.executable, "-m", "venv", str(LF_VENV)], check=True)
         subprocess.run([str(pip), "install", "-q", "torch==2.13.0"], check=True)
-        subprocess.run([str(pip), "install", "-q", "llamafactory==0.9.5"], check=True)
-        subprocess.run([str(pip), "uninstall", "-y", "-q", "torchvision"], check=False)
+        # torch pinned again: llamafactory's requirements otherwise pull the newest torch (2.15 was seen).
+        subprocess.run([str(pip), "install", "-q", "llamafactory==0.9.5", "torch==2.13.0"], check=True)
+        subprocess.run([str(pip), "uninstall", "-y", "-q", "torchvision", "torchaudio"], check=False)
+        done.write_text("llamafactory 0.9.5, torch 2.13.0\n")
     site = next((LF_VENV / "lib").glob("python3*/site-packages"))
     stub = site / "torchaudio"
     if not stub.exists():  # imported at start-up, used only for audio data
