@@ -84,7 +84,7 @@ def _ft_cmd(job: dict, best: bool) -> list[str]:
         f"training: {{max_steps: {job['steps']}, batch_size: 8, learning_rate: 2.0e-4, logging_steps: 10, "
         "precision: fp32, device: cpu, progress_bar: false, save_steps: 100000}\n"
         f"output_dir: {job['dir']}/out\n")
-    return [sys.executable, "-c", "import cli; cli.main()", "run", str(recipe)]
+    return [sys.executable, "-c", "import cli; cli.main()", "run", str(recipe), "--overwrite"]
 
 
 PLAIN_TRL = """
