@@ -39,7 +39,7 @@ DEFAULT_CACHE = "~/.cache/ft/data"
 # Bump when the stored layout changes; code changes are caught by the source hash below.
 CACHE_VERSION = 1
 # The modules whose code decides the tokens of an example.
-_CODE = ("formats.py", "sources.py", "prepare.py", "masking.py", "cache.py")
+_CODE = ("formats.py", "sources.py", "prepare.py", "masking.py", "cache.py", "parallel.py")
 _META = "meta.json"
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from data_templates import cache, mixing
+from data_templates import cache, mixing, parallel
 from data_templates.formats import FORMATS, RowError
 from data_templates.forms import data_form
 from data_templates.sources import DataSourceError, Origin, read_rows
@@ -175,11 +175,9 @@ def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: list[Row], data: Dat
                         "model.chat_template (chatml, llama3, mistral, gemma, phi3, alpaca, completion or a "
                         ".jinja file)")
     out = []
-    for origin, row in rows:
-        try:
-            tokens = tokenize_example(tokenizer, row, loss_on)
-        except ValueError as err:  # the template cannot render this row, or it has nothing to train on
-            _bad_row(stats, data.bad_rows, str(origin), str(err))
+    for (origin, _), tokens in zip(rows, parallel.tokenize_all(tokenizer, [row for _, row in rows], loss_on)):
+        if isinstance(tokens, str):  # the template cannot render this row, or it has nothing to train on
+            _bad_row(stats, data.bad_rows, str(origin), tokens)
             continue
         kept = truncate(tokens, data.max_length, data.truncation)
         if kept is None or all(label == -100 for label in kept["labels"]):

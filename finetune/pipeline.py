@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune import run_files
+from finetune import batching, run_files, throughput
 from finetune.distributed import strategy
 from finetune.errors import ConfigError, FtError
 from finetune.hardware import Hardware, detect
@@ -164,6 +164,7 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     if extra_problems:
         raise ConfigError("\n".join(extra_problems))
     hardware = detect(recipe.training.device, recipe.training.precision)
+    throughput.check_hardware(recipe, hardware)
     set_seed(recipe.seed)
 
     from finetune.models import check_model_files, load_tokenizer
@@ -184,14 +185,18 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
                                 *_tracker_callbacks(recipe, hardware, model), *(callbacks or [])])
     with tracking_env(recipe.training.report_to, run_dir):  # trackers read their directories at setup
         trainer = objective.build_trainer(parts)
+        chosen = batching.install(trainer, recipe, batching.choose(recipe))
         if is_main_process():
+            notice(chosen.notice())
             write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         finally:
             guards[1].restore()  # the signal handlers, also when training raised
     final_dir = run_files.save_final(trainer, tokenizer, run_dir)
-    manifest = run_files.write_manifest(run_dir, recipe, hardware, model, data, template, started)
+    manifest = run_files.write_manifest(run_dir, recipe, hardware, model, data, template, started,
+                                        extra={"batching": chosen.to_manifest(),
+                                               "throughput": throughput.from_trainer(trainer, model, hardware)})
     metrics = run_files.finish_metrics(run_dir, recipe)
     return RunResult(run_dir=run_dir, final_dir=final_dir, metrics=metrics, manifest=manifest)
 

@@ -76,7 +76,8 @@ def save_final(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
 
 
 def write_manifest(run_dir: Path, recipe: RecipeBase, hardware: Hardware, model: Any, data: PreparedData,
-                   template: ResolvedTemplate | None, started: float) -> dict[str, Any]:
+                   template: ResolvedTemplate | None, started: float,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     from data_templates.cache import content_fingerprint
     from finetune.adapters import count_parameters
 
@@ -102,6 +103,7 @@ def write_manifest(run_dir: Path, recipe: RecipeBase, hardware: Hardware, model:
         "strategy": strategy(recipe.training),
         "wall_time_s": round(time.time() - started, 2),
         "parameters": {"trainable": trainable, "total": total},
+        **(extra or {}),  # batching mode and throughput (finetune/batching.py, finetune/throughput.py)
     }
     if is_main_process():
         write_json(run_dir / "manifest.json", manifest)

@@ -90,6 +90,10 @@ def training_kwargs(t: TrainingSection, hardware: Hardware, *, has_eval: bool) -
         "eval_steps": t.eval_steps,
         "report_to": t.report_to or "none",
         "disable_tqdm": not t.progress_bar,
+        "use_liger_kernel": t.liger,
+        "torch_compile": t.compile,
+        # Real (unpadded) tokens trained, for tokens/s and MFU in the manifest (finetune/throughput.py).
+        "include_num_input_tokens_seen": "non_padding",
     }
 
 
@@ -105,7 +109,8 @@ def _managed_fields() -> dict[str, str]:
                    learning_rate="training.learning_rate",
                    max_steps="training.max_steps", num_train_epochs="training.epochs",
                    per_device_train_batch_size="training.batch_size", optim="training.optimizer",
-                   bf16="training.precision", fp16="training.precision", use_cpu="training.device")
+                   bf16="training.precision", fp16="training.precision", use_cpu="training.device",
+                   use_liger_kernel="training.liger", torch_compile="training.compile")
     return sources
 
 

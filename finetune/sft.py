@@ -42,6 +42,8 @@ def build_sft_trainer(parts: RunParts, **config: Any) -> Any:
         # padding-free, which is what data.packing documents (see data_templates/packing.py).
         **({"packing_strategy": "bfd"} if packing else {}),
         **_loss_type(parts),
+        # data.batching: padding_free (finetune/batching.py); packing is padding-free already.
+        padding_free=not packing and parts.recipe.data.batching == "padding_free",
         **config,
     )
     return SFTTrainer(args=args, **parts.trainer_inputs())

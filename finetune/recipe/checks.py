@@ -9,6 +9,7 @@ import difflib
 import re
 from pathlib import Path
 
+from finetune import batching, throughput
 from finetune.distributed import strategy_problems
 from finetune.recipe.errors import Problem, Source
 from finetune.recipe.schema import DatasetSpec, RecipeBase
@@ -48,6 +49,7 @@ def semantic_problems(recipe: RecipeBase, positions: Positions, default: Source,
 
     problems += recipe_problems(recipe, at, pending)
     problems += [at(path, message) for path, message in strategy_problems(recipe)]
+    problems += [at(path, message) for path, message in [*batching.problems(recipe), *throughput.recipe_problems(recipe)]]
     return problems
 
 

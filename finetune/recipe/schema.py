@@ -168,6 +168,14 @@ class DataSection(Strict):
         "not, and then packed examples attend to each other (cross-contamination). The run prints a line "
         "saying which case applies.",
     )
+    batching: Literal["length", "random", "padding_free"] = Field(
+        "length",
+        description="How unpacked examples form batches. length: batches of similar length (sorted within "
+        "shuffled mega-batches of 50 batches, batch order shuffled, a new order each epoch from the seed), so a "
+        "batch pads to its own longest row; every example once per epoch. padding_free (sft, pretrain): a batch "
+        "is one row without padding, position ids keep examples apart in attention (as with packing), the loss "
+        "is the same per-token mean. random: plain shuffling. Ignored with packing. The run names the mode.",
+    )
     bad_rows: Literal["fail", "skip"] = Field(
         "fail",
         description="A row that does not fit its format (missing field, wrong type, unknown role, empty "
@@ -237,6 +245,10 @@ class TrainingSection(Strict):
         "auto", description="auto: CUDA when present, else CPU."
     )
     progress_bar: bool = Field(True, description="Show a progress bar.")
+    liger: bool = Field(
+        False, description="Liger kernels (fused RMSNorm, RoPE, SwiGLU, cross-entropy): GPU only, needs the "
+        "'liger' extra (pip install 'ft-toolkit[liger]'). Refused on CPU.")
+    compile: bool = Field(False, description="torch.compile the model before training (slow first steps).")
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description="Escape hatch: more fields for the TRL config class of the objective, "
