@@ -153,5 +153,17 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     final_dir = run_files.save_final(trainer, tokenizer, run_dir)
     manifest = run_files.write_manifest(run_dir, recipe, hardware, model, data, template, started)
     metrics = run_files.finish_metrics(run_dir, recipe)
+    if recipe.export and is_main_process():
+        manifest = _export(run_dir, recipe, manifest)
     return RunResult(run_dir=run_dir, final_dir=final_dir, metrics=metrics, manifest=manifest)
+
+
+def _export(run_dir: Path, recipe: RecipeBase, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's `export:` list, run on the finished run; the manifest records what was written."""
+    from finetune.export.targets import run_recipe_exports
+    from finetune.outputs import write_json
+
+    manifest = {**manifest, "exports": run_recipe_exports(run_dir, list(recipe.export))}
+    write_json(run_dir / "manifest.json", manifest)
+    return manifest
 
