@@ -39,12 +39,12 @@ Rule = tuple[Callable[[AdapterFacts], bool], str]  # (adapter breaks it?, why)
 
 _COMMON: list[Rule] = [
     (lambda f: f.config.get("peft_type") != "LORA", "the adapter is not a LoRA adapter in PEFT format"),
+    (lambda f: f.tokenizer_size is not None and f.base_vocab is not None and f.tokenizer_size > f.base_vocab,
+     "the chat template added tokens, so the embeddings were resized"),
     (lambda f: bool(f.config.get("use_dora")), "the adapter uses DoRA"),
     (lambda f: f.config.get("bias", "none") != "none", "the adapter trains LoRA biases"),
     (lambda f: bool(f.config.get("modules_to_save")), "the adapter saves whole modules (modules_to_save)"),
     (lambda f: bool(f.config.get("trainable_token_indices")), "the adapter trains token embeddings"),
-    (lambda f: f.tokenizer_size is not None and f.base_vocab is not None and f.tokenizer_size > f.base_vocab,
-     "the chat template added tokens, so the embeddings were resized"),
     (lambda f: not _targets(f) or not _targets(f) <= LORA_MODULES,
      "the adapter targets modules the engine cannot put LoRA on"),
     (lambda f: f.config.get("task_type") not in (None, "CAUSAL_LM"), "the adapter is not a causal LM adapter"),

@@ -178,9 +178,13 @@ def _check_type(to: str, type: str) -> None:
     """A GGUF type the writer cannot produce is refused before any merge starts."""
     if to not in ("gguf", "ollama"):
         return
+    from typing import get_args
+
+    from finetune.recipe.schema import GgufType
+
     module = importlib.import_module("finetune.export.gguf") if _has_gguf() else None
-    known = getattr(module, "GGUF_TYPES", None) if module else None
-    if known is not None and type not in known:
+    known = getattr(module, "GGUF_TYPES", None) or get_args(GgufType)
+    if type not in known:
         raise ExportError(f"--type {type!r} is not a GGUF type ft can write; choose one of {', '.join(known)}")
 
 
