@@ -26,3 +26,21 @@ def train_runs(tiny_models: dict[str, Path], root: Path) -> dict[str, Path]:
     recipe = write_recipe(root / "from_lora", runs["llama_lora"] / "final")
     runs["from_lora"] = train(recipe, "training.max_steps=3")[0].run_dir
     return runs
+
+
+GGUF_CALLS: list[dict[str, object]] = []
+
+
+class FakeGguf:
+    """Stands in for finetune.export.gguf's writer in dispatch tests: records what it is handed."""
+
+    quantize_command: str | None = None
+
+    def __init__(self, model_dir: Path, out_file: Path, type: str, name: str | None = None) -> None:
+        GGUF_CALLS.append({"config": (Path(model_dir) / "config.json").is_file(), "type": type, "name": name})
+        self.path = Path(out_file)
+        self.path.write_bytes(b"GGUF")
+
+
+def fake_modelfile(gguf_file: Path, model_dir: Path, out_dir: Path, name: str | None = None) -> None:
+    (Path(out_dir) / "Modelfile").write_text(f"FROM ./{Path(gguf_file).name}\n")

@@ -15,7 +15,7 @@ from finetune.export.common import ExportError
 from finetune.export.serving import AdapterFacts, RULES, why_merged
 from finetune.generate import load_for_generation, stop_ids
 from data_templates.masking import prompt_ids
-from tests._export_runs import RUNS, train_runs
+from tests._export_runs import GGUF_CALLS, RUNS, train_runs
 
 QUESTION = [{"role": "user", "content": "What is ft?"}]
 
@@ -173,3 +173,70 @@ def test_overwrite_replaces_an_earlier_export(runs: dict[str, Path], tmp_path: P
     second = export(runs["llama_lora"], "lmdeploy", out=tmp_path / "e", name="b", overwrite=True)
     assert "a=" in first.command and "b=" in (tmp_path / "e" / "serve.sh").read_text()
     assert second.out == first.out and sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+def test_gguf_and_ollama_dispatch_write_from_a_merged_model(runs: dict[str, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("finetune.export.targets.GGUF_WRITER", "tests._export_runs:FakeGguf")
+    monkeypatch.setattr("finetune.export.targets.MODELFILE_WRITER", "tests._export_runs:fake_modelfile")
+    result = export(runs["llama_lora"], "gguf", type="q8_0", out=tmp_path / "g", name="tiny")
+    assert GGUF_CALLS == [{"config": True, "type": "q8_0", "name": "tiny"}]
+    assert result.command == f"llama-cli -m {tmp_path / 'g' / 'tiny-q8_0.gguf'} -cnv"
+    assert (tmp_path / "g" / "tiny-q8_0.gguf").read_bytes() == b"GGUF"
+    result = export(runs["llama_lora"], "ollama", out=tmp_path / "o", name="tiny")
+    assert result.command == f"cd {tmp_path / 'o'} && ollama create tiny -f Modelfile && ollama run tiny"
+    assert (tmp_path / "o" / "Modelfile").read_text() == "FROM ./tiny-f16.gguf\n"
+    # The temporary merged model is gone; only the two exports remain.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g", "o"]
+
+
+def test_gguf_export_with_the_real_writer(runs: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("finetune.export.gguf")
+    pytest.importorskip("gguf")
+    result = export(runs["llama_lora"], "ollama", type="f32", out=tmp_path / "o", name="tiny")
+    assert (tmp_path / "o" / "tiny-f32.gguf").is_file()
+    assert "TEMPLATE" in (tmp_path / "o" / "Modelfile").read_text() and "ollama create tiny" in result.command
+
+
+def test_recipe_export_list_runs_after_training_and_is_in_the_manifest(tiny_models: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    from tests._runs import train, write_recipe
+
+    recipe = write_recipe(tmp_path, tiny_models["llama"])
+    recipe.write_text(recipe.read_text() + "export:\n  - to: merged\n  - to: vllm\n    name: tiny\n")
+    result, _ = train(recipe, "training.max_steps=2")
+    exports = json.loads((result.run_dir / "manifest.json").read_text())["exports"]
+    assert [e["to"] for e in exports] == ["merged", "vllm"]
+    assert exports[0]["path"] == str(result.run_dir / "export" / "merged")
+    assert (result.run_dir / "export" / "merged" / "config.json").is_file()
+    assert (result.run_dir / "export" / "vllm" / "serve.sh").read_text().count("--lora-modules tiny=") == 1
+
+
+def test_recipe_export_list_is_validated_with_file_and_line(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    from finetune.recipe.errors import RecipeError
+    from finetune.recipe.loader import load_recipe
+    from tests._runs import write_recipe
+
+    recipe = write_recipe(tmp_path, tiny_models["llama"])
+    lines = recipe.read_text().splitlines()
+    recipe.write_text("\n".join(lines + ["export:", "  - to: gguf", "    type: q9_x", "  - to: merged",
+                                         "    type: q8_0", "  - to: tgi"]) + "\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe)
+    text = str(err.value)
+    assert f"{recipe}:{len(lines) + 3}" in text and "export.0" in text and "q9_x" in text
+    assert "export.1" in text and "export.2" in text
+
+
+def test_cli_prints_the_command(runs: dict[str, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    out = tmp_path / "l"
+    result = CliRunner().invoke(app, ["export", str(runs["llama_lora"]), "--to", "lmdeploy", "--out", str(out),
+                                      "--name", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert f"lmdeploy serve api_server" in result.output and f"tiny={out / 'adapter'}" in result.output
+    again = CliRunner().invoke(app, ["export", str(runs["llama_lora"]), "--to", "lmdeploy", "--out", str(out)])
+    assert again.exit_code == 2 and "already exists; pass --overwrite" in again.output

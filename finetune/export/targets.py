@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.export import merged, serving
+from finetune.errors import FtError
 from finetune.export.common import ExportError, ExportResult, check_out_dir, write_out_dir
 from finetune.notices import notice
 
@@ -95,25 +96,31 @@ def _writer(path: str) -> Callable[..., Any]:
                           f"gguf extra: pip install -e '.[gguf]'") from None
 
 
-def _gguf_file(job: ExportJob, tmp: Path, merged_dir: Path) -> Path:
+def _gguf_file(job: ExportJob, tmp: Path, merged_dir: Path) -> tuple[Path, list[str]]:
+    """The merged model (float32 unless --dtype says otherwise) written as one GGUF file in `tmp`."""
     gguf_file = tmp / f"{job.name}-{job.type}.gguf"
     merged.export_merged(job.run_dir, merged_dir, job.dtype or "float32")
-    _writer(GGUF_WRITER)(merged_dir, gguf_file, job.type)
-    return gguf_file
+    result = _writer(GGUF_WRITER)(merged_dir, gguf_file, job.type, name=job.name)
+    quantize = getattr(result, "quantize_command", None)
+    written = Path(getattr(result, "path", gguf_file))
+    # The command names the final location, not the temporary folder it was written in.
+    steps = [quantize.replace(str(tmp), str(job.out))] if quantize else []
+    return written, steps
 
 
 def _gguf(job: ExportJob, tmp: Path) -> tuple[str, list[str]]:
     with tempfile.TemporaryDirectory(dir=job.out.parent, prefix=".merged-") as merged_dir:
-        gguf_file = _gguf_file(job, tmp, Path(merged_dir) / "model")
-    return f"llama-cli -m {job.out / gguf_file.name} -cnv", []
+        gguf_file, steps = _gguf_file(job, tmp, Path(merged_dir) / "model")
+    return " && ".join([*steps, f"llama-cli -m {job.out / gguf_file.name} -cnv"]), []
 
 
 def _ollama(job: ExportJob, tmp: Path) -> tuple[str, list[str]]:
     with tempfile.TemporaryDirectory(dir=job.out.parent, prefix=".merged-") as merged_dir:
         model_dir = Path(merged_dir) / "model"
-        gguf_file = _gguf_file(job, tmp, model_dir)
-        _writer(MODELFILE_WRITER)(model_dir, gguf_file, tmp / "Modelfile")
-    return f"cd {job.out} && ollama create {job.name} -f Modelfile && ollama run {job.name}", []
+        gguf_file, steps = _gguf_file(job, tmp, model_dir)
+        _writer(MODELFILE_WRITER)(gguf_file, model_dir, tmp, name=job.name)
+    return " && ".join([*steps, f"cd {job.out}", f"ollama create {job.name} -f Modelfile",
+                        f"ollama run {job.name}"]), []
 
 
 def _hub(job: ExportJob, tmp: Path) -> tuple[str, list[str]]:
@@ -178,14 +185,23 @@ def _check_type(to: str, type: str) -> None:
     """A GGUF type the writer cannot produce is refused before any merge starts."""
     if to not in ("gguf", "ollama"):
         return
+    known = _gguf_types()
+    if type not in known:
+        raise ExportError(f"--type {type!r} is not a GGUF type ft can write; choose one of {', '.join(known)}")
+
+
+def _gguf_types() -> list[str]:
+    """What the installed GGUF writer can produce; the schema's list of names when it cannot say."""
     from typing import get_args
 
     from finetune.recipe.schema import GgufType
 
-    module = importlib.import_module("finetune.export.gguf") if _has_gguf() else None
-    known = getattr(module, "GGUF_TYPES", None) or get_args(GgufType)
-    if type not in known:
-        raise ExportError(f"--type {type!r} is not a GGUF type ft can write; choose one of {', '.join(known)}")
+    if not _has_gguf():
+        return list(get_args(GgufType))
+    try:
+        return list(importlib.import_module("finetune.export.gguf").supported_types())
+    except FtError:  # the gguf package is missing: the writer says so when it runs
+        return list(get_args(GgufType))
 
 
 def _has_gguf() -> bool:
