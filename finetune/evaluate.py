@@ -86,15 +86,26 @@ def _references(rows: list[dict[str, Any]]) -> list[tuple[Any, str]]:
     return pairs
 
 
+def _held_out_rows(recipe: Any, tokenizer: Any, form: str) -> list[dict[str, Any]]:
+    """The rows `validation_fraction` held out, canonical (forms ft does not tokenize, e.g. preference)."""
+    if form in ("sft", "text"):
+        return []  # scored from the tokenized split; their canonical rows are not kept
+    from data_templates.prepare import prepare_data
+
+    held = prepare_data(recipe.data, tokenizer, form, loss_on=recipe.objective.loss_policy(), seed=recipe.seed).eval
+    return [dict(row) for row in held]
+
+
 def evaluate_model(model: Any, tokenizer: Any, recipe: Any, specs: list[tuple[str, Any]], *, reward: bool,
-                   max_new_tokens: int) -> dict[str, dict[str, Any]]:
-    """Every metric that fits each dataset's form; also the greedy outputs under the key `outputs`."""
+                   max_new_tokens: int, data_form: str = "sft") -> dict[str, dict[str, Any]]:
+    """Every metric that fits each dataset's form; also the greedy outputs under the key `outputs`.
+    A spec of None is the recipe's held-out split, in the objective's `data_form`."""
     from data_templates.formats import FORMATS
 
     results: dict[str, dict[str, Any]] = {}
     for name, spec in specs:
-        form = FORMATS[spec.format].form if spec is not None else "sft"
-        rows = _rows(spec, recipe) if spec is not None else []
+        form = FORMATS[spec.format].form if spec is not None else data_form
+        rows = _rows(spec, recipe) if spec is not None else _held_out_rows(recipe, tokenizer, form)
         metrics: dict[str, Any] = {}
         if form == "preference":
             scorer = eval_metrics.reward_metrics if reward else eval_metrics.preference_metrics
@@ -106,8 +117,8 @@ def evaluate_model(model: Any, tokenizer: Any, recipe: Any, specs: list[tuple[st
             generated, outputs = eval_metrics.generation_metrics(model, tokenizer, pairs, max_new_tokens)
             metrics.update(generated, outputs=outputs)
         if not metrics:
-            raise EvalError(f"{name}: format {spec.format} has nothing to evaluate (prompt_only rows need a "
-                            f"`reference`)")
+            raise EvalError(f"{name}: format {spec.format if spec else form} has nothing to evaluate "
+                            f"(prompt_only rows need a `reference`)")
         results[name] = metrics
     return results
 
@@ -128,19 +139,22 @@ def evaluate(run_dir: str | Path, *, data: Path | None = None, fmt: str | None =
 
     run_dir = Path(run_dir).expanduser().resolve()
     recipe = _recipe(run_dir)
-    reward = get_objective(recipe.objective.kind).model_head == "sequence_classification"
+    objective = get_objective(recipe.objective.kind)
+    reward = objective.model_head == "sequence_classification"
     specs = _specs(recipe, data, fmt)
     model, tokenizer = _load(run_dir, reward)
     results: dict[str, Any] = {"run": str(run_dir), "objective": recipe.objective.kind,
                                "datasets": evaluate_model(model, tokenizer, recipe, specs, reward=reward,
-                                                          max_new_tokens=max_new_tokens)}
+                                                          max_new_tokens=max_new_tokens,
+                                                          data_form=objective.data_form)}
     if compare:
         other, other_tok = _load(compare, reward)
         # The same token ids and masks when the other model can read them (a base under the run's template).
         if other.get_input_embeddings().weight.shape[0] >= len(tokenizer):
             other_tok = tokenizer
         results["compare"] = {"model": compare, "datasets": evaluate_model(
-            other, other_tok, recipe, specs, reward=reward, max_new_tokens=max_new_tokens)}
+            other, other_tok, recipe, specs, reward=reward, max_new_tokens=max_new_tokens,
+            data_form=objective.data_form)}
     if lm_eval:
         from finetune.lm_eval_tasks import run_lm_eval
 

@@ -125,3 +125,22 @@ def test_lm_eval_runs_a_local_task_on_the_merged_model(run_dir: Path, tmp_path: 
     acc = results["lm_eval"]["ft_tiny_mc"]["acc,none"]
     assert acc in (0.0, 0.5, 1.0)
     assert json.loads((run_dir / "eval.json").read_text())["lm_eval"]["ft_tiny_mc"]["acc,none"] == acc
+
+
+@pytest.mark.slow
+def test_reward_and_dpo_runs_report_preference_accuracy(align_model: Path, align_data: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    from tests._align_helpers import toy_pairs
+    from tests.test_align_reward import FAST, scores
+
+    (tmp_path / "reward").mkdir()
+    reward = train(write_recipe(tmp_path / "reward", align_model, data=align_data["pairs"], fmt="preference",
+                                objective="reward"), *FAST)[0]
+    got = evaluate(reward.run_dir, data=align_data["pairs"])["datasets"]["pairs.jsonl"]
+    chosen, rejected = scores(reward.final_dir, toy_pairs())
+    assert got["reward_accuracy"] == float((chosen > rejected).float().mean()) and got["examples"] == 12
+    (tmp_path / "dpo").mkdir()
+    dpo = train(write_recipe(tmp_path / "dpo", align_model, data=align_data["pairs"], fmt="preference",
+                             objective="dpo"), *FAST)[0]
+    held = evaluate(dpo.run_dir)["datasets"]["held-out"]  # the recipe's validation_fraction rows
+    assert held["examples"] == 3 and 0 <= held["preference_accuracy"] <= 1 and held["tokens"] > 0
