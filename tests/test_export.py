@@ -240,3 +240,14 @@ def test_cli_prints_the_command(runs: dict[str, Path], tmp_path: Path) -> None:
     assert f"lmdeploy serve api_server" in result.output and f"tiny={out / 'adapter'}" in result.output
     again = CliRunner().invoke(app, ["export", str(runs["llama_lora"]), "--to", "lmdeploy", "--out", str(out)])
     assert again.exit_code == 2 and "already exists; pass --overwrite" in again.output
+
+
+def test_a_pipelines_export_list_is_for_its_last_stage(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    from finetune.stages import load
+    from tests.test_stages import write_pipeline
+
+    path = write_pipeline(tmp_path, tiny_models["llama"])
+    path.write_text(path.read_text() + "export:\n  - to: merged\n  - to: gguf\n    type: q8_0\n")
+    first, second = load(path).stages
+    assert first.recipe.export == []
+    assert [(e.to, getattr(e, "type", None)) for e in second.recipe.export] == [("merged", None), ("gguf", "q8_0")]
