@@ -251,3 +251,23 @@ def test_a_pipelines_export_list_is_for_its_last_stage(tiny_models: dict[str, Pa
     first, second = load(path).stages
     assert first.recipe.export == []
     assert [(e.to, getattr(e, "type", None)) for e in second.recipe.export] == [("merged", None), ("gguf", "q8_0")]
+
+
+@pytest.mark.slow
+def test_a_reward_run_exports_as_a_classifier(align_model: Path, align_data: dict[str, Path], tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from tests._runs import train, write_recipe
+    from tests.test_align_reward import FAST
+
+    run = train(write_recipe(tmp_path, align_model, data=align_data["pairs"], fmt="preference", objective="reward"),
+                *FAST)[0]
+    out = export(run.run_dir, "merged", out=tmp_path / "m").out
+    ids = torch.tensor([[5, 6, 7, 8]])
+    exported = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    trained = AutoModelForSequenceClassification.from_pretrained(run.final_dir).eval()
+    with torch.no_grad():
+        assert torch.allclose(exported(ids).logits, trained(ids).logits, atol=1e-6)
+    assert not (out / "generation_config.json").exists()
+    with pytest.raises(ExportError, match="looks like a pipeline: export one of its stages \\(run\\)"):
+        export(tmp_path, "merged")

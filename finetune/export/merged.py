@@ -70,9 +70,12 @@ def _closer_after_reply(tokenizer: Any) -> list[int]:
 def load_merged(run_dir: Path, dtype: str) -> tuple[Any, Any]:
     """The run's model with any adapter merged in (QLoRA: on the base reloaded unquantized)."""
     from finetune.models import load_trained
+    from finetune.registry import get_objective
 
-    model, tokenizer = load_trained(run_dir, dtype=check_dtype(dtype), merge=True)
-    return model, tokenizer
+    # A reward run's final/ is a sequence classifier; the objective says which head to load.
+    kind = (run_recipe(run_dir).get("objective") or {}).get("kind")
+    head = get_objective(kind).model_head if kind else None
+    return load_trained(run_dir, kind=head, dtype=check_dtype(dtype), merge=True)
 
 
 def save_merged(model: Any, tokenizer: Any, out: Path, max_shard_size: str = "5GB") -> None:

@@ -155,7 +155,9 @@ def run_export(run_dir: Path, to: str, *, out: Path | None = None, dtype: str | 
     try:
         final = final_dir(run_dir)
     except RunNotFoundError as err:
-        raise ExportError(str(err)) from None
+        stages = sorted(p.name for p in run_dir.iterdir() if (p / "final").is_dir()) if run_dir.is_dir() else []
+        hint = f"; this looks like a pipeline: export one of its stages ({', '.join(stages)})" if stages else ""
+        raise ExportError(f"{err}{hint}") from None
     if dtype is not None:
         merged.check_dtype(dtype)
     _check_type(to, type)
