@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import shlex
 
 import stat
 import tempfile
@@ -98,9 +99,12 @@ def _writer(path: str) -> Callable[..., Any]:
 
 def _gguf_file(job: ExportJob, tmp: Path, merged_dir: Path) -> tuple[Path, list[str]]:
     """The merged model (float32 unless --dtype says otherwise) written as one GGUF file in `tmp`."""
-    gguf_file = tmp / f"{job.name}-{job.type}.gguf"
+    writer = _writer(GGUF_WRITER)
+    # A type only llama-quantize makes is written as f16 first; the file is named for what it holds.
+    needs_quantize = job.type in getattr(importlib.import_module(writer.__module__), "LLAMA_QUANTIZE_TYPES", ())
+    gguf_file = tmp / f"{job.name}-{'f16' if needs_quantize else job.type}.gguf"
     merged.export_merged(job.run_dir, merged_dir, job.dtype or "float32")
-    result = _writer(GGUF_WRITER)(merged_dir, gguf_file, job.type, name=job.name)
+    result = writer(merged_dir, gguf_file, job.type, name=job.name)
     quantize = getattr(result, "quantize_command", None)
     written = Path(getattr(result, "path", gguf_file))
     # The command names the final location, not the temporary folder it was written in.
@@ -111,7 +115,9 @@ def _gguf_file(job: ExportJob, tmp: Path, merged_dir: Path) -> tuple[Path, list[
 def _gguf(job: ExportJob, tmp: Path) -> tuple[str, list[str]]:
     with tempfile.TemporaryDirectory(dir=job.out.parent, prefix=".merged-") as merged_dir:
         gguf_file, steps = _gguf_file(job, tmp, Path(merged_dir) / "model")
-    return " && ".join([*steps, f"llama-cli -m {job.out / gguf_file.name} -cnv"]), []
+    # After `llama-quantize IN OUT TYPE`, the file to run is OUT.
+    run_file = shlex.split(steps[0])[2] if steps else str(job.out / gguf_file.name)
+    return " && ".join([*steps, f"llama-cli -m {run_file} -cnv"]), []
 
 
 def _ollama(job: ExportJob, tmp: Path) -> tuple[str, list[str]]:
