@@ -312,6 +312,46 @@ def generate(
         typer.echo(generate_api(run_dir, prompt, system=system, max_new_tokens=max_new_tokens))
 
 
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (or a pipeline stage's).")],
+    to: Annotated[str, typer.Option("--to", help="merged, vllm, lmdeploy, gguf, ollama or hub.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN_DIR/export/TARGET).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float16, bfloat16 or float32 (default: the training dtype).")] = None,
+    type_: Annotated[str, typer.Option("--type", help="GGUF type: f32, f16, bf16, q8_0, ...")] = "f16",
+    name: Annotated[str | None, typer.Option(help="Served model name; for --to hub the repository OWNER/NAME.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in the output folder.")] = False,
+    adapter_only: Annotated[bool, typer.Option(help="hub: push the adapter, not the merged model.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="hub: write the folder and card locally, push nothing.")] = False,
+) -> None:
+    """Export a run for a serving stack and print the command that serves it."""
+    with _user_errors():
+        from finetune.export import export
+
+        result = export(run_dir, to, out=out, dtype=dtype, type=type_, name=name, overwrite=overwrite,
+                        adapter_only=adapter_only, dry_run=dry_run)
+        typer.echo(f"exported {to} to {result.out}\nrun it with:\n  {result.command}")
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    data: Annotated[Path | None, typer.Option(help="Data file (default: the recipe's validation data).")] = None,
+    format_: Annotated[str | None, typer.Option("--format", help="Format of --data (default: guessed).")] = None,
+    compare: Annotated[str | None, typer.Option(help="A base model or another run to evaluate side by side.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per greedy answer (generation metrics).")] = 64,
+    lm_eval: Annotated[str | None, typer.Option("--lm-eval", help="lm-evaluation-harness tasks, comma-separated.")] = None,
+) -> None:
+    """Loss, perplexity, generation and preference metrics on held-out data; writes RUN_DIR/eval.json."""
+    with _user_errors():
+        from finetune.evaluate import evaluate, format_table
+
+        results = evaluate(run_dir, data=data, fmt=format_, compare=compare, max_new_tokens=max_new_tokens,
+                           lm_eval=lm_eval)
+        typer.echo(json.dumps(results, indent=2, sort_keys=True) if json_ else format_table(results))
+
+
 @app.command()
 def chat(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (or its final/).")],

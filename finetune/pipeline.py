@@ -198,6 +198,8 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
                                         extra={"batching": chosen.to_manifest(),
                                                "throughput": throughput.from_trainer(trainer, model, hardware)})
     metrics = run_files.finish_metrics(run_dir, recipe)
+    if recipe.export and is_main_process():
+        manifest = _export(run_dir, recipe, manifest)
     return RunResult(run_dir=run_dir, final_dir=final_dir, metrics=metrics, manifest=manifest)
 
 
@@ -216,3 +218,14 @@ def _tracker_callbacks(recipe: RecipeBase, hardware: Hardware, model: Any) -> li
                 "parameters": {"trainable": trainable, "total": total}}
     config = {"recipe": recipe.model_dump(mode="json"), "manifest": manifest}
     return [run_config_callback(list(recipe.training.report_to), config)]
+
+
+def _export(run_dir: Path, recipe: RecipeBase, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's `export:` list, run on the finished run; the manifest records what was written."""
+    from finetune.export.targets import run_recipe_exports
+    from finetune.outputs import write_json
+
+    manifest = {**manifest, "exports": run_recipe_exports(run_dir, list(recipe.export))}
+    write_json(run_dir / "manifest.json", manifest)
+    return manifest
+

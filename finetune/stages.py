@@ -78,15 +78,18 @@ def build_pipeline(raw: dict[str, Any], positions: Positions, path: Path) -> Pip
     problems: list[Problem] = []
     stages: list[Stage] = []
     outputs: dict[str, dict[str, str]] = {}
+    last = list(stages_raw)[-1]
     for name, body in stages_raw.items():
         key: KeyPath = ("stages", name)
+        # A pipeline-level `export:` is for the deployable result: the last stage's model only.
+        stage_shared = shared if name == last else {k: v for k, v in shared.items() if k != "export"}
         if not _NAME.match(str(name)) or not isinstance(body, dict):
             problems.append(at(key, "a stage needs a simple name (letters, digits, _ or -) and a mapping"))
             continue
         if "output_dir" in body:
             problems.append(at(key + ("output_dir",), f"a stage writes to <output_dir>/{name}; remove this key"))
         try:
-            stage = _build_stage(str(name), dict(body), shared, positions, path, output_dir, outputs)
+            stage = _build_stage(str(name), dict(body), stage_shared, positions, path, output_dir, outputs)
         except RecipeError as err:
             problems += err.problems
             continue

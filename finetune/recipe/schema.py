@@ -281,6 +281,44 @@ class ObjectiveSection(Strict):
         objective's settings (a label outside its label set, say); the data layer adds file:row."""
 
 
+# --------------------------------------------------------------------------------------- export
+ExportDtype = Literal["float16", "bfloat16", "float32"]
+# Written in Python (f32 .. q8_0) or as f16 plus the llama-quantize command (the k-quants).
+GgufType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "tq1_0", "tq2_0", "mxfp4",
+                   "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
+                   "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq3_xxs", "iq3_xs", "iq3_s", "iq3_m", "iq4_nl", "iq4_xs"]
+
+
+class _Export(Strict):
+    out: str | None = Field(None, description="Output folder (default: <output_dir>/export/<to>).")
+    name: str | None = Field(None, description="Served model name (default: the run directory's name).")
+
+
+class MergedExport(_Export):
+    to: Literal["merged"]
+    dtype: ExportDtype | None = Field(None, description="Default: the training dtype (float16 from QLoRA).")
+
+
+class EngineExport(_Export):
+    to: Literal["vllm", "lmdeploy"]
+    dtype: ExportDtype | None = Field(None, description="dtype of the merged model when one is needed.")
+
+
+class GgufExport(_Export):
+    to: Literal["gguf", "ollama"]
+    type: GgufType = Field("f16", description="GGUF tensor type.")
+
+
+class HubExport(_Export):
+    to: Literal["hub"]
+    name: str = Field(description="Hub repository OWNER/NAME to push to.")
+    adapter_only: bool = Field(False, description="Push the adapter instead of the merged model.")
+    dtype: ExportDtype | None = None
+
+
+Export = Annotated[Union[MergedExport, EngineExport, GgufExport, HubExport], Field(discriminator="to")]
+
+
 # --------------------------------------------------------------------------------------- recipe
 class RecipeBase(Strict):
     """Shared keys of every recipe. `objective` is narrowed to the registered union at build time."""
@@ -293,4 +331,7 @@ class RecipeBase(Strict):
     training: TrainingSection = Field(default_factory=TrainingSection)
     seed: int = Field(42, description="Seed for data order, initialisation and sampling.")
     output_dir: str = Field(description="Where the run writes final/, checkpoints/, metrics and manifest.")
+    export: list[Export] = Field(
+        default_factory=list,
+        description="Exports to write after training, e.g. [{to: merged}, {to: gguf, type: q8_0}, {to: ollama}].")
 

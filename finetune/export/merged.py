@@ -1,0 +1,107 @@
+"""`merged`: the adapter folded into its unquantized base, saved as a plain transformers model.
+
+This is what vLLM, LMDeploy, TGI, SGLang and transformers load. Its generation_config.json lists
+every end-of-turn token of the chat template as an eos id: without it a server never stops.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from finetune.export.common import ExportError, run_recipe
+
+DTYPES = ("float16", "bfloat16", "float32")
+_PROBE = "FTENDOFTURNPROBE"  # an assistant reply that tokenizes to ordinary pieces, found again after rendering
+
+
+def default_dtype(run_dir: Path) -> str:
+    """The training dtype from the run's recipe; float16 for a 4-bit QLoRA base (its dtype is not one)."""
+    recipe = run_recipe(run_dir)
+    if (recipe.get("adapter") or {}).get("kind") == "qlora":
+        return "float16"
+    dtype = (recipe.get("model") or {}).get("dtype", "auto")
+    if dtype in DTYPES:
+        return dtype
+    precision = {"bf16": "bfloat16", "fp16": "float16"}.get((recipe.get("training") or {}).get("precision", ""))
+    return precision or "float32"
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """eos plus the special tokens the chat template writes right after an assistant reply.
+
+    Rendering a probe conversation finds the closer of any template (ChatML's <|im_end|>, Llama 3's
+    <|eot_id|>, Gemma's <end_of_turn>, a custom one) without a list; the known closers that
+    `stop_ids` names are kept when the template's source writes them.
+    """
+    from finetune.generate import stop_ids
+
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return ids
+    source = json.dumps(template)
+    ids += [i for i in stop_ids(tokenizer) if tokenizer.convert_ids_to_tokens(i) in source]
+    ids += _closer_after_reply(tokenizer)
+    return list(dict.fromkeys(ids))
+
+
+def _closer_after_reply(tokenizer: Any) -> list[int]:
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render this probe simply gives no extra token
+        return []
+    after = text[text.rfind(_PROBE) + len(_PROBE):] if _PROBE in text else ""
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for token_id in tokenizer(after, add_special_tokens=False)["input_ids"]:
+        if token_id in special:
+            return [token_id]  # the first special token after the reply closes the turn
+    return []
+
+
+def load_merged(run_dir: Path, dtype: str) -> tuple[Any, Any]:
+    """The run's model with any adapter merged in (QLoRA: on the base reloaded unquantized)."""
+    from finetune.models import load_trained
+    from finetune.registry import get_objective
+
+    # A reward run's final/ is a sequence classifier; the objective says which head to load.
+    kind = (run_recipe(run_dir).get("objective") or {}).get("kind")
+    head = get_objective(kind).model_head if kind else None
+    return load_trained(run_dir, kind=head, dtype=check_dtype(dtype), merge=True)
+
+
+def save_merged(model: Any, tokenizer: Any, out: Path, max_shard_size: str = "5GB") -> None:
+    """Weights (sharded safetensors), config, tokenizer, chat_template.jinja, generation_config.json."""
+    from transformers import GenerationConfig
+
+    model.save_pretrained(out, max_shard_size=max_shard_size)
+    tokenizer.save_pretrained(out)
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and not (out / "chat_template.jinja").is_file():
+        (out / "chat_template.jinja").write_text(template, encoding="utf-8")
+    if not getattr(model, "can_generate", lambda: False)():
+        return  # a reward model scores, it does not generate
+    gen = model.generation_config if model.generation_config is not None else GenerationConfig()
+    gen.eos_token_id = end_of_turn_ids(tokenizer)
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.bos_token_id = tokenizer.bos_token_id
+    gen.save_pretrained(out)
+
+
+def export_merged(run_dir: Path, out: Path, dtype: str | None = None) -> None:
+    """Fill `out` (a fresh temporary folder) with the merged model."""
+    model, tokenizer = load_merged(run_dir, dtype or default_dtype(run_dir))
+    save_merged(model, tokenizer, out)
+
+
+def transformers_command(model_dir: Path) -> str:
+    return (f"python -c \"from transformers import pipeline; "
+            f"print(pipeline('text-generation', model='{model_dir}')([{{'role': 'user', 'content': 'Hello'}}]))\"")
