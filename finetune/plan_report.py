@@ -35,6 +35,13 @@ def _aux_models(recipe: Any) -> tuple[str, ...]:
     return table.get(obj.kind, lambda: ())()
 
 
+def _recipe_strategy(t: Any) -> str:
+    """training.distributed, with `auto` (ddp when several processes; one process shards nothing,
+    which the planner's ddp also means) and a missing key read as ddp."""
+    chosen = getattr(t, "distributed", None) or "ddp"
+    return "ddp" if chosen == "auto" else chosen
+
+
 def setup_from_recipe(recipe: Any, strategy: str | None = None, gpus: int = 1) -> Setup:
     a, t, m = recipe.adapter, recipe.training, recipe.model
     lora = a.kind != "none"
@@ -52,7 +59,7 @@ def setup_from_recipe(recipe: Any, strategy: str | None = None, gpus: int = 1) -
         optimizer=t.optimizer or "adamw_torch", seq=recipe.data.max_length, batch=t.batch_size,
         accumulation=t.gradient_accumulation_steps, checkpointing=t.gradient_checkpointing,
         eager_attention=m.attn_implementation == "eager", objective=recipe.objective.kind,
-        aux=_aux_models(recipe), strategy=strategy or getattr(t, "distributed", None) or "ddp",
+        aux=_aux_models(recipe), strategy=strategy or _recipe_strategy(t),
         gpus=gpus, overhead_gib=GPU_OVERHEAD_GIB)
 
 
@@ -132,7 +139,7 @@ def plan(recipe: Any, gpu_memory: str | None = None, gpus: int = 1, strategy: st
         raise ConfigError(f"--gpus {gpus}: must be at least 1")
     from finetune.plan_memory import SHARDED
 
-    chosen = strategy or getattr(recipe.training, "distributed", None) or "ddp"
+    chosen = strategy or _recipe_strategy(recipe.training)
     if chosen not in SHARDED:
         raise ConfigError(f"--strategy {chosen}: expected one of {', '.join(SHARDED)}")
     arch = architecture(read_config(recipe.model.name_or_path, recipe.model.revision))
