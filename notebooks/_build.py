@@ -117,7 +117,7 @@ print(answer)'''),
 
 POST_TRAINING = [
     new_markdown_cell(f"# After training: export (Ollama/GGUF, vLLM) and evaluate\n{badge('post_training')}\n\n"
-                      "Needs `finetune.export` / `finetune.evaluate` (ft export). On a Colab T4 with "
+                      "On a Colab T4 with "
                       "Qwen2.5-0.5B-Instruct (**estimates**): training ~1-2 min, merge + GGUF export ~1-2 min, "
                       "evaluation on 50 prompts ~1 min."),
     new_code_cell(INSTALL),
@@ -133,13 +133,21 @@ recipe = Recipe.from_dict({
 })
 result = run(recipe, overwrite=True)
 result.final_dir'''),
-    new_code_cell('''from finetune import export, evaluate
-# The export and evaluate functions come with ft export; see its documentation for every target.
-gguf = export(result.run_dir, "gguf")
-vllm = export(result.run_dir, "vllm")
-print(gguf, vllm)'''),
-    new_code_cell('''scores = evaluate(result.run_dir)
-print(scores)'''),
+    new_code_cell('''from finetune import export
+# GGUF for llama.cpp / Ollama (written by ft itself, no llama.cpp build), then the Ollama Modelfile,
+# then what vLLM needs; each result holds the folder and the exact command that serves it.
+gguf = export(result.run_dir, "gguf", type="q8_0")
+ollama = export(result.run_dir, "ollama", name="my-model")
+vllm = export(result.run_dir, "vllm", name="my-model")
+for done in (gguf, ollama, vllm):
+    print(done.target, done.out, "\\n   ", done.command)
+assert any(gguf.out.glob("*.gguf")) and (ollama.out / "Modelfile").is_file() and (vllm.out / "serve.sh").is_file()'''),
+    new_code_cell('''from finetune import evaluate
+# Did fine-tuning help? Loss and perplexity with the training masks, the run against its base model.
+scores = evaluate(result.run_dir, data=chat_file, compare=MODEL)
+tuned, base = (next(iter(r["datasets"].values())) for r in (scores, scores["compare"]))
+print(f"perplexity: base {base['perplexity']:.2f} -> fine-tuned {tuned['perplexity']:.2f}")
+assert tuned["loss"] < base["loss"]'''),
 ]
 
 

@@ -3,7 +3,6 @@ cell is replaced, every cell runs, and the cells' own asserts check what they sh
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -49,8 +48,5 @@ def test_alignment_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("finetune.export") is None or
-                    importlib.util.find_spec("finetune.evaluate") is None,
-                    reason="finetune.export / finetune.evaluate (ft export) are not in this branch yet")
 def test_post_training_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _execute("post_training", tmp_path, monkeypatch)

@@ -171,21 +171,24 @@ def smoke_stage(stage: str, recipe: RecipeBase, work: Path, steps: int) -> list[
 
 
 def _exports(stage: str, recipe: RecipeBase, run_dir: Path) -> list[Check]:
-    """The recipe's `export:` list, when the recipe schema has one (ft export)."""
-    targets = getattr(recipe, "export", None) or []
-    if not targets:
-        return []
-    from finetune import export
+    """The recipe's `export:` list ran at the end of the run (finetune.pipeline): each target is in the
+    manifest and what it wrote exists."""
+    import json
 
+    wanted = [spec.to for spec in getattr(recipe, "export", None) or []]
+    if not wanted:
+        return []
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    written = {entry["to"]: Path(entry["path"]) for entry in manifest.get("exports", [])}
     found = []
-    for target in targets:
-        name = f"export {getattr(target, 'kind', getattr(target, 'format', target))}"
-        try:
-            export(run_dir, target)
-        except Exception as err:  # noqa: BLE001
-            found.append(Check(stage, name, "fail", checks._why(err)))
+    for target in wanted:
+        path = written.get(target)
+        if path is None:
+            found.append(Check(stage, f"export {target}", "fail", "not listed in the manifest's exports"))
+        elif not path.exists():
+            found.append(Check(stage, f"export {target}", "fail", f"{path} does not exist"))
         else:
-            found.append(Check(stage, name, "pass"))
+            found.append(Check(stage, f"export {target}", "pass"))
     return found
 
 
