@@ -125,7 +125,9 @@ def example_lengths(dataset: Any) -> list[int] | None:
     names = [c for c in LENGTH_COLUMNS if c in getattr(dataset, "column_names", [])]
     if not names:
         return None
-    table = dataset.with_format(None).data
+    # Through the indices mapping: a trainer that filtered rows (RewardTrainer drops long pairs) keeps
+    # the whole table underneath, and `.data` would count the dropped rows too.
+    table = dataset.select_columns(names).with_format("arrow")[:]
     columns = [pc.list_value_length(table.column(n)).to_pylist() for n in names]
     return [sum(values) for values in zip(*columns)]
 

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
 
+from data_templates.masking import prompt_ids
 from finetune.export import export
 from finetune.export.common import ExportError
-from finetune.export.serving import AdapterFacts, RULES, why_merged
+from finetune.export.serving import RULES, AdapterFacts, why_merged
 from finetune.generate import load_for_generation, stop_ids
-from data_templates.masking import prompt_ids
 from tests._export_runs import GGUF_CALLS, RUNS, train_runs
 
 QUESTION = [{"role": "user", "content": "What is ft?"}]
@@ -161,7 +167,7 @@ def test_bad_input_is_refused_and_nothing_is_written(runs: dict[str, Path], tmp_
     def full(*_: object, **__: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("finetune.export.merged.save_merged", full)
+    monkeypatch.setattr(importlib.import_module("finetune.export.merged"), "save_merged", full)
     with pytest.raises(ExportError, match="no space left on the device; nothing was written"):
         export(runs["llama_lora"], "merged", out=tmp_path / "full")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
@@ -177,8 +183,8 @@ def test_overwrite_replaces_an_earlier_export(runs: dict[str, Path], tmp_path: P
 
 def test_gguf_and_ollama_dispatch_write_from_a_merged_model(runs: dict[str, Path], tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("finetune.export.targets.GGUF_WRITER", "tests._export_runs:FakeGguf")
-    monkeypatch.setattr("finetune.export.targets.MODELFILE_WRITER", "tests._export_runs:fake_modelfile")
+    monkeypatch.setattr(importlib.import_module("finetune.export.targets"), "GGUF_WRITER", "tests._export_runs:FakeGguf")
+    monkeypatch.setattr(importlib.import_module("finetune.export.targets"), "MODELFILE_WRITER", "tests._export_runs:fake_modelfile")
     result = export(runs["llama_lora"], "gguf", type="q8_0", out=tmp_path / "g", name="tiny")
     assert GGUF_CALLS == [{"config": True, "type": "q8_0", "name": "tiny"}]
     assert result.command == f"llama-cli -m {tmp_path / 'g' / 'tiny-q8_0.gguf'} -cnv"
