@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -124,6 +124,7 @@ def run(
             raise typer.Exit(launch(processes, _child_args(recipe, overrides, spec, overwrite, resume, rerun,
                                                            processes), recipes[0].training))
         from finetune.api import run as run_api
+        from finetune.cli_text import finished_message
         from finetune.outputs import is_main_process
 
         results = run_api(spec, overwrite=overwrite, resume=resume, rerun=rerun or [], log=typer.echo)
@@ -133,7 +134,7 @@ def run(
             done = [(None, results)]
         if is_main_process():
             for stage, result in done:
-                typer.echo(_finished_message(result, stage.recipe if stage else spec))
+                typer.echo(finished_message(result, stage.recipe if stage else spec))
 
 
 def _child_args(recipe: Path, overrides: list[str] | None, spec: Any, overwrite: bool, resume: bool,
@@ -177,46 +178,6 @@ def launch_script(
             raise ConfigError("launch-script: say which scheduler: --slurm")
         text = write_sbatch_script(_resolve_recipe(recipe), nodes, gpus_per_node, overrides or [], out)
         typer.echo(f"Wrote {out}; submit it with: sbatch {out}" if out else text, nl=out is not None)
-
-
-def _finished_message(result: Any, spec: Any) -> str:
-    losses = [m["loss"] for m in result.metrics if "loss" in m]
-    loss = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; " if losses else ""
-    return (
-        f"\nDone in {result.manifest['wall_time_s']:.0f}s ({loss}{result.manifest['parameters']['trainable']:,} "
-        f"trainable parameters).\nRun saved to {result.run_dir}\n"
-        f"  final model:  {result.final_dir}\n  metrics:      {result.run_dir / 'metrics.jsonl'} (plot: loss.png)\n"
-        + _try_it(result, spec)
-    )
-
-
-def _try_it(result: Any, spec: Any) -> str:
-    from finetune.model_kinds import model_kind
-    from finetune.registry import get_objective
-
-    if not model_kind(get_objective(spec.objective.kind).model_head).generates:
-        return (f"It is a reward model: final/ loads with AutoModelForSequenceClassification; use it as\n"
-                f"  objective.reward_model={result.final_dir} in a ppo or grpo recipe")
-    return (f"Try it:\n  ft generate {result.run_dir} --prompt {json.dumps(_example_prompt(spec))}\n"
-            f"  ft chat {result.run_dir}")
-
-
-def _example_prompt(spec: Any) -> str:
-    """The first user message of the training data, so the suggested command shows what was learned."""
-    from data_templates.formats import FORMATS, RowError
-    from data_templates.prepare import map_columns
-    from data_templates.sources import DataSourceError, read_rows
-
-    first = spec.data.train[0]
-    try:
-        _, row = next(read_rows(first))
-        example = FORMATS[first.format].convert(map_columns(row, first.columns))
-    except (StopIteration, RowError, DataSourceError):
-        return "..."
-    prompt = example.get("prompt")
-    users = [m["content"] for m in example.get("messages", prompt if isinstance(prompt, list) else [])
-             if m["role"] == "user"]
-    return users[0] if users else prompt if isinstance(prompt, str) else "..."
 
 
 @app.command()
@@ -364,38 +325,9 @@ def chat(
         from finetune.generate import load_for_generation
 
         model, tokenizer = load_for_generation(run_dir)
-        _chat_loop(lambda msgs: gen(model, tokenizer, msgs, max_new_tokens), system)
+        from finetune.cli_text import chat_loop
 
-
-def _chat_loop(answer: Callable[[list[dict[str, str]]], str], system: str | None) -> None:
-    start = [{"role": "system", "content": system}] if system else []
-    history = list(start)
-    typer.echo("Type a message; /reset clears the history, /exit quits.")
-    for line in _input_lines():
-        text = line.strip()
-        if text in ("/exit", "/quit"):
-            break
-        if text == "/reset":
-            history = list(start)
-            continue
-        if not text:
-            continue
-        history.append({"role": "user", "content": text})
-        reply = answer(history)
-        history.append({"role": "assistant", "content": reply})
-        typer.echo(f"ft> {reply}")
-
-
-def _input_lines() -> Iterator[str]:
-    if not sys.stdin.isatty():
-        yield from sys.stdin
-        return
-    while True:
-        try:
-            yield input("you> ")
-        except EOFError:  # Ctrl-D ends the chat like /exit
-            typer.echo()
-            return
+        chat_loop(lambda msgs: gen(model, tokenizer, msgs, max_new_tokens), system)
 
 
 @app.command("recipes")
