@@ -36,6 +36,10 @@ DATA_FORMS: dict[str, DataForm] = {
                  description="prompts whose answers are generated during training"),
         DataForm("classification", ("classification",), tokenized=False, packs=False, chat=False,
                  preview="classification", description="a text (or text pair) and its label"),
+        # Masked-LM text: the objective tokenizes it with the tokenizer's own special tokens ([CLS] ...
+        # [SEP]) and the collator picks the masked tokens anew in every batch.
+        DataForm("masked_text", ("text",), tokenized=False, packs=True, chat=False, preview="masked",
+                 description="raw documents; a random share of the tokens is masked and predicted"),
     )
 }
 

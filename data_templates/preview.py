@@ -69,7 +69,17 @@ _PREVIEWS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "unpaired": lambda tok, row: {"completion": _answer(tok, row["prompt"], row["completion"]), "label": row["label"]},
     "prompt": lambda tok, row: {"prompt": _prompt(tok, row["prompt"]), **{k: v for k, v in row.items() if k != "prompt"}},
     "classification": lambda tok, row: {**_classified(tok, row), "label": row["label"]},
+    "masked": lambda tok, row: _maskable(tok, row),
 }
+
+
+def _maskable(tokenizer: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """A masked-LM text: the tokens the collator may pick (every one but the special tokens) shown as
+    trained; which of them are masked is drawn anew in each batch (objective.mlm_probability)."""
+    encoded = tokenizer(row["text"], return_special_tokens_mask=True)
+    ids = encoded["input_ids"]
+    return tokens(tokenizer, ids, [IGNORE_INDEX if special else i
+                                   for i, special in zip(ids, encoded["special_tokens_mask"])])
 
 
 def _classified(tokenizer: Any, row: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ BUILTIN_OBJECTIVE_MODULES: tuple[str, ...] = (
     "finetune.sft",
     "finetune.pretrain",
     "finetune.classify",
+    "finetune.mlm",
     "align.dpo",
     "align.reward",
     "align.kto",

@@ -60,7 +60,7 @@ def _mixing_problems(recipe: RecipeBase, at) -> list[Problem]:
     form = get_objective(recipe.objective.kind).data_form
     if recipe.data.packing and not data_form(form).packs:
         problems.append(at(("data", "packing"), f"objective {recipe.objective.kind!r} does not pack examples; "
-                           "packing is for sft and pretrain"))
+                           "packing is for sft, pretrain and mlm"))
     return problems
 
 

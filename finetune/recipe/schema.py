@@ -158,7 +158,8 @@ class DataSection(Strict):
     )
     packing: bool = Field(
         False,
-        description="sft and pretrain: pack tokenized examples into rows of up to max_length tokens (TRL's "
+        description="mlm: concatenate the tokenized texts and cut them into rows of exactly max_length "
+        "tokens (full attention across the joined texts, as BERT was pre-trained). sft and pretrain: pack tokenized examples into rows of up to max_length tokens (TRL's "
         "best-fit-decreasing packing; no example is cut), trained padding-free: less compute wasted on "
         "padding, fewer steps per epoch. Effect on attention: a packed row has no attention mask and its "
         "position ids restart at each example. flash_attention_2/3 keep the examples apart exactly. With "
