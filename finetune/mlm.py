@@ -42,9 +42,10 @@ class MlmSection(ObjectiveSection):
     def recipe_problems(self, recipe: RecipeBase) -> list[tuple[tuple[str | int, ...], str]]:
         architectures = _local_architectures(recipe.model.name_or_path)
         if architectures and all(a.endswith(_DECODER_ONLY) for a in architectures):
-            return [(("model", "name_or_path"), f"objective mlm needs a masked-LM encoder (BERT, RoBERTa, ModernBERT); "
-                     f"{recipe.model.name_or_path} is a decoder-only model ({', '.join(architectures)}). Use "
-                     f"objective.kind: pretrain for continued pre-training of a decoder")]
+            message = (f"objective mlm needs a masked-LM encoder (BERT, RoBERTa, ModernBERT); "
+                       f"{recipe.model.name_or_path} is a decoder-only model ({', '.join(architectures)}). Use "
+                       f"objective.kind: pretrain for continued pre-training of a decoder")
+            return [(("model", "name_or_path"), message)]
         return []
 
 

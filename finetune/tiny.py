@@ -282,7 +282,15 @@ def build_wordpiece_tokenizer(corpus: Iterable[str], *, vocab_size: int = 400) -
     """A BERT-style tokenizer trained on `corpus` in memory: lower-cased WordPiece, [CLS] text [SEP],
     with [PAD] [UNK] [CLS] [SEP] [MASK] as ids 0-4. Offsets are those of the words' characters, so
     whole-word masking finds word boundaries as with a real BERT tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -19,7 +19,11 @@ from finetune.mlm import MlmSection, collator, encode
 from finetune.models import load_trained
 from finetune.recipe.errors import RecipeError
 from finetune.recipe.loader import load_recipe
-from finetune.tiny import build_tiny_encoder, build_tiny_model, build_wordpiece_tokenizer
+from finetune.tiny import (
+    build_tiny_encoder,
+    build_tiny_model,
+    build_wordpiece_tokenizer,
+)
 from tests._runs import TEXT_DATA, train, write_recipe
 
 TEXTS = [json.loads(line)["text"] for line in TEXT_DATA.read_text().splitlines()]
