@@ -165,13 +165,13 @@ def print_rich(preview: Preview, console: Console | None = None) -> None:
                        f"{preview.template or 'none'}; max_length {recipe.data.max_length:,}"))
     for line in preview.data.summary().splitlines():  # the lines `ft run` starts with
         console.print(Text(line))
-    note = packing_note(recipe.data, recipe.model)
+    note = packing_note(recipe.data, recipe.model, preview.form)
     if note:
         console.print(Text(note, style="yellow"))
     if data_form(preview.form).preview == "prompt":
         console.print(Text("The trainer renders each prompt itself, as shown; answers are generated in training.",
                            style="italic"))
-    elif not data_form(preview.form).tokenized:
+    elif not data_form(preview.form).tokenized and data_form(preview.form).note is None:
         console.print(Text("The trainer tokenizes these rows itself; shown as ft's masking functions tokenize "
                            "them (prompt + answer, loss on the answer).", style="italic"))
     console.print(Text.assemble("legend: ", ("trained", TRAINED), " / ", ("not trained", UNTRAINED)))
