@@ -52,6 +52,11 @@ def _apply_full(model: PreTrainedModel, adapter: FullAdapter, *, kind: ModelKind
     return model
 
 
+# Module names of mixture-of-experts routers (Mixtral/Qwen-MoE/OLMoE `mlp.gate`, Qwen-MoE's
+# `shared_expert_gate`, `router` in others); dense models have none (their MLP's `gate_proj` differs).
+_ROUTERS = r".*\.(gate|router|shared_expert_gate)$"
+
+
 def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str, list[int]]) -> Any:
     from peft import LoraConfig
 
@@ -60,6 +65,10 @@ def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
         target_modules=adapter.target_modules,
+        # all-linear would wrap a mixture-of-experts router kept as nn.Linear (Qwen-MoE's shared_expert_gate;
+        # the routers of transformers 5's Mixtral/Qwen-MoE/OLMoE are not nn.Linear). Routing is left as
+        # trained unless target_modules names a router.
+        exclude_modules=_ROUTERS if adapter.target_modules == "all-linear" else None,
         use_dora=adapter.dora,
         use_rslora=adapter.rslora,
         layers_to_transform=adapter.layers,

@@ -175,6 +175,17 @@ def _gemma2(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
     return Gemma2Config(**kw, head_dim=256, query_pre_attn_scalar=256, tie_word_embeddings=True)
 
 
+def _qwen2_moe(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
+    from transformers import Qwen2MoeConfig
+
+    # A mixture of experts: 4 experts, 2 per token, a shared expert with its gate; every layer sparse.
+    # transformers 5 keeps the experts as fused 3D parameters (experts.gate_up_proj, experts.down_proj)
+    # and the router (mlp.gate) as its own module, not nn.Linear.
+    return Qwen2MoeConfig(**kw, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=dims.intermediate_size // 2,
+                          shared_expert_intermediate_size=dims.intermediate_size, decoder_sparse_step=1,
+                          router_aux_loss_coef=0.01)
+
+
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], _Dims], PretrainedConfig]] = {
     "llama": _llama,
     "qwen2": _qwen2,
@@ -183,6 +194,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], _Dims], PretrainedConfig]] = 
     "gemma": _gemma,
     "qwen3": _qwen3,
     "gemma2": _gemma2,
+    "qwen2_moe": _qwen2_moe,
 }
 
 

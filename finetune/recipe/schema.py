@@ -40,6 +40,11 @@ class ModelSection(Strict):
         description="None: the tokenizer's own template. Else a shipped template name "
         "(chatml, llama3, mistral, gemma, phi3, alpaca, completion) or a path to a .jinja file.",
     )
+    router_aux_loss_coef: float | None = Field(
+        None, ge=0, description="Mixture-of-experts models (Mixtral, Qwen-MoE, OLMoE), sft and pretrain: weight of "
+        "the router's load-balancing loss added to the training loss (logged as aux_loss). None: the model "
+        "config's own coefficient; 0 turns it off. No effect on dense models.",
+    )
 
 
 # ------------------------------------------------------------------------------------- adapter
