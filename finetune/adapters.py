@@ -52,9 +52,25 @@ def _apply_full(model: PreTrainedModel, adapter: FullAdapter, *, kind: ModelKind
     return model
 
 
+# The named target_modules presets: the module names (as PEFT matches them, by suffix) of the attention
+# projections and of the feed-forward projections across the families ft supports (Llama/Qwen/Mistral/
+# Gemma/MoE shared experts, Phi-3's fused ones, GPT-2, BERT, ModernBERT). No router name is in either.
+TARGET_PRESETS: dict[str, list[str]] = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "query", "key", "value", "c_attn", "Wqkv", "Wo"],
+    "mlp": ["gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "c_fc", "Wi"],
+}
+
+
+def target_names(target_modules: str | list[str]) -> str | list[str]:
+    """What LoraConfig.target_modules gets: all-linear or a list of names as given, a preset as its names."""
+    if isinstance(target_modules, str) and target_modules in TARGET_PRESETS:
+        return TARGET_PRESETS[target_modules]
+    return target_modules
+
+
 # Module names of mixture-of-experts routers (Mixtral/Qwen-MoE/OLMoE `mlp.gate`, Qwen-MoE's
 # `shared_expert_gate`, `router` in others); dense models have none (their MLP's `gate_proj` differs).
-_ROUTERS = r".*\.(gate|router|shared_expert_gate)$"
+ROUTERS = r".*\.(gate|router|shared_expert_gate)$"
 
 
 def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str, list[int]]) -> Any:
@@ -64,11 +80,11 @@ def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str
         r=adapter.r,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
-        target_modules=adapter.target_modules,
+        target_modules=target_names(adapter.target_modules),
         # all-linear would wrap a mixture-of-experts router kept as nn.Linear (Qwen-MoE's shared_expert_gate;
         # the routers of transformers 5's Mixtral/Qwen-MoE/OLMoE are not nn.Linear). Routing is left as
         # trained unless target_modules names a router.
-        exclude_modules=_ROUTERS if adapter.target_modules == "all-linear" else None,
+        exclude_modules=ROUTERS if adapter.target_modules == "all-linear" else None,
         use_dora=adapter.dora,
         use_rslora=adapter.rslora,
         layers_to_transform=adapter.layers,

@@ -79,3 +79,35 @@ def test_router_coefficient_is_refused_where_no_router_loss_is_added(moe: Path, 
     recipe = write_recipe(tmp_path, moe, fmt="preference", objective="dpo")
     with pytest.raises(RecipeError, match="model.router_aux_loss_coef"):
         load_recipe(recipe, ["model.router_aux_loss_coef=0.1"])
+
+
+@pytest.mark.parametrize(("preset", "wrapped"), [
+    ("attention", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}),
+    ("mlp", {"mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj"}),
+    ("all-linear", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                    "mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj"}),
+    (["shared_expert_gate"], {"mlp.shared_expert_gate"}),  # a router is wrapped when named
+])
+def test_target_module_presets(preset: Any, wrapped: set[str], moe: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from finetune.adapters import apply_adapter
+    from finetune.recipe.schema import LoraAdapter
+
+    model = apply_adapter(AutoModelForCausalLM.from_pretrained(moe), LoraAdapter(target_modules=preset))
+    found = {n.split(".lora_A")[0].split("layers.0.")[1] for n, _ in model.named_parameters()
+             if "lora_A" in n and "layers.0." in n}
+    assert found == wrapped
+
+
+def test_trainable_layers_take_a_layer_with_its_experts_and_router(moe: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from finetune.adapters import apply_adapter
+    from finetune.recipe.schema import FullAdapter
+
+    model = apply_adapter(AutoModelForCausalLM.from_pretrained(moe), FullAdapter(trainable_layers=[-1]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"model.layers.1.mlp.experts.gate_up_proj", "model.layers.1.mlp.experts.down_proj",
+            "model.layers.1.mlp.gate.weight"} <= trainable
+    assert all(n.startswith("model.layers.1.") for n in trainable)
