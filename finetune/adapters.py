@@ -73,7 +73,8 @@ def target_names(target_modules: str | list[str]) -> str | list[str]:
 ROUTERS = r".*\.(gate|router|shared_expert_gate)$"
 
 
-def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str, list[int]]) -> Any:
+def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str, list[int]],
+                 has_router: bool = False) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
@@ -84,7 +85,7 @@ def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str
         # all-linear would wrap a mixture-of-experts router kept as nn.Linear (Qwen-MoE's shared_expert_gate;
         # the routers of transformers 5's Mixtral/Qwen-MoE/OLMoE are not nn.Linear). Routing is left as
         # trained unless target_modules names a router.
-        exclude_modules=ROUTERS if adapter.target_modules == "all-linear" else None,
+        exclude_modules=ROUTERS if adapter.target_modules == "all-linear" and has_router else None,
         use_dora=adapter.dora,
         use_rslora=adapter.rslora,
         layers_to_transform=adapter.layers,
@@ -121,7 +122,9 @@ def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, kind: ModelKind
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.enable_input_require_grads()
-    return get_peft_model(model, _lora_config(adapter, kind, _new_token_rows(model, new_token_ids)))
+    # PEFT warns when exclude_modules matches nothing: name routers only where the model has one.
+    has_router = any(re.fullmatch(ROUTERS, "." + name) for name, _ in model.named_modules())
+    return get_peft_model(model, _lora_config(adapter, kind, _new_token_rows(model, new_token_ids), has_router))
 
 
 _APPLY: dict[type, Callable[..., Any]] = {

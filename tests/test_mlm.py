@@ -28,7 +28,7 @@ from tests._runs import TEXT_DATA, train, write_recipe
 
 TEXTS = [json.loads(line)["text"] for line in TEXT_DATA.read_text().splitlines()]
 FAST = ("training.max_steps=25", "training.save_steps=25", "training.batch_size=8", "data.max_length=32",
-        "data.packing=true", "objective.mlm_probability=0.3")
+        "objective.mlm_probability=0.3")
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +37,18 @@ def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               initializer_range=0.2)  # see build_tiny_encoder
 
 
-def _mlm(tmp_path: Path, model: Path, adapter: str = "lora") -> Path:
-    return write_recipe(tmp_path, model, data=TEXT_DATA, fmt="text", objective="mlm", adapter=adapter)
+def _mlm(tmp_path: Path, model: Path, adapter: str = "lora", data: Path = TEXT_DATA) -> Path:
+    return write_recipe(tmp_path, model, data=data, fmt="text", objective="mlm", adapter=adapter)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("adapter", "lr"), [("lora", "1e-2"), ("none", "3e-3")])
 def test_loss_falls_and_final_is_a_plain_masked_lm(adapter: str, lr: str, encoder: Path, tmp_path: Path) -> None:
-    result, snap = train(_mlm(tmp_path, encoder, adapter), *FAST, f"training.learning_rate={lr}")
+    tiny = tmp_path / "tiny.jsonl"  # a tiny batch: two texts, seen again at every step
+    tiny.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:2]))
+    result, snap = train(_mlm(tmp_path, encoder, adapter, tiny), *FAST, f"training.learning_rate={lr}")
     losses = [m["loss"] for m in result.metrics if "loss" in m]
-    assert sum(losses[-5:]) < 0.85 * sum(losses[:5]), losses
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5]), losses
     assert snap.changed() == snap.trainable, "every trainable weight moved, no frozen one did"
     if adapter == "lora":
         assert snap.trainable and all("lora_" in n for n in snap.trainable)
