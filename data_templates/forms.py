@@ -19,6 +19,9 @@ class DataForm:
     chat: bool  # rendered with a chat template (raw text is not, unless the recipe names one)
     preview: str  # how `ft data preview` shows a row: tokens | pair | unpaired | prompt
     description: str
+    # What the run start and `ft data preview` say about this form's rows and packing, in place of
+    # the notes written for token-level SFT packing and TRL-tokenized pairs; None: those notes.
+    note: str | None = None
 
 
 DATA_FORMS: dict[str, DataForm] = {
@@ -36,6 +39,14 @@ DATA_FORMS: dict[str, DataForm] = {
                  description="prompts whose answers are generated during training"),
         DataForm("classification", ("classification",), tokenized=False, packs=False, chat=False,
                  preview="classification", description="a text (or text pair) and its label"),
+        # Masked-LM text: the objective tokenizes it with the tokenizer's own special tokens ([CLS] ...
+        # [SEP]) and the collator picks the masked tokens anew in every batch.
+        DataForm("masked_text", ("text",), tokenized=False, packs=True, chat=False, preview="masked",
+                 description="raw documents; a random share of the tokens is masked and predicted",
+                 note="mlm: shown as tokenized with the tokenizer's special tokens; every highlighted token may "
+                 "be masked, and a fresh objective.mlm_probability share of them is masked in each batch. With "
+                 "data.packing the texts are joined and cut into rows of max_length tokens, with full attention "
+                 "across the joined texts (as in BERT-style pre-training)."),
     )
 }
 

@@ -29,8 +29,13 @@ def is_flash(attn_implementation: str | None) -> bool:
     return attn_implementation is not None and "flash" in attn_implementation
 
 
-def packing_note(data: DataSection, model: ModelSection) -> str | None:
-    """One line about packing's effect on attention for this recipe; None without packing."""
+def packing_note(data: DataSection, model: ModelSection, form: str = "sft") -> str | None:
+    """One line about packing's effect on attention for this recipe; None without packing. A data
+    form with a note of its own (mlm's joined texts) says that instead."""
+    from data_templates.forms import data_form
+
+    if data_form(form).note is not None:
+        return data_form(form).note
     if not data.packing:
         return None
     attn = model.attn_implementation or "sdpa"  # transformers' default where torch has sdpa

@@ -69,7 +69,17 @@ _PREVIEWS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "unpaired": lambda tok, row: {"completion": _answer(tok, row["prompt"], row["completion"]), "label": row["label"]},
     "prompt": lambda tok, row: {"prompt": _prompt(tok, row["prompt"]), **{k: v for k, v in row.items() if k != "prompt"}},
     "classification": lambda tok, row: {**_classified(tok, row), "label": row["label"]},
+    "masked": lambda tok, row: _maskable(tok, row),
 }
+
+
+def _maskable(tokenizer: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """A masked-LM text: the tokens the collator may pick (every one but the special tokens) shown as
+    trained; which of them are masked is drawn anew in each batch (objective.mlm_probability)."""
+    encoded = tokenizer(row["text"], return_special_tokens_mask=True)
+    ids = encoded["input_ids"]
+    return tokens(tokenizer, ids, [IGNORE_INDEX if special else i
+                                   for i, special in zip(ids, encoded["special_tokens_mask"])])
 
 
 def _classified(tokenizer: Any, row: dict[str, Any]) -> dict[str, Any]:
@@ -155,13 +165,13 @@ def print_rich(preview: Preview, console: Console | None = None) -> None:
                        f"{preview.template or 'none'}; max_length {recipe.data.max_length:,}"))
     for line in preview.data.summary().splitlines():  # the lines `ft run` starts with
         console.print(Text(line))
-    note = packing_note(recipe.data, recipe.model)
+    note = packing_note(recipe.data, recipe.model, preview.form)
     if note:
         console.print(Text(note, style="yellow"))
     if data_form(preview.form).preview == "prompt":
         console.print(Text("The trainer renders each prompt itself, as shown; answers are generated in training.",
                            style="italic"))
-    elif not data_form(preview.form).tokenized:
+    elif not data_form(preview.form).tokenized and data_form(preview.form).note is None:
         console.print(Text("The trainer tokenizes these rows itself; shown as ft's masking functions tokenize "
                            "them (prompt + answer, loss on the answer).", style="italic"))
     console.print(Text.assemble("legend: ", ("trained", TRAINED), " / ", ("not trained", UNTRAINED)))

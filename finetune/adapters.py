@@ -53,16 +53,39 @@ def _apply_full(model: PreTrainedModel, adapter: FullAdapter, *, kind: ModelKind
     return model
 
 
+# The named target_modules presets: the module names (as PEFT matches them, by suffix) of the attention
+# projections and of the feed-forward projections across the families ft supports (Llama/Qwen/Mistral/
+# Gemma/MoE shared experts, Phi-3's fused ones, GPT-2, BERT, ModernBERT). No router name is in either.
+TARGET_PRESETS: dict[str, list[str]] = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "query", "key", "value", "c_attn", "Wqkv", "Wo"],
+    "mlp": ["gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "c_fc", "Wi"],
+}
+
+
+def target_names(target_modules: str | list[str]) -> str | list[str]:
+    """What LoraConfig.target_modules gets: all-linear or a list of names as given, a preset as its names."""
+    if isinstance(target_modules, str) and target_modules in TARGET_PRESETS:
+        return TARGET_PRESETS[target_modules]
+    return target_modules
+
+
+# Module names of mixture-of-experts routers (Mixtral/Qwen-MoE/OLMoE `mlp.gate`, Qwen-MoE's
+# `shared_expert_gate`, `router` in others); dense models have none (their MLP's `gate_proj` differs).
+ROUTERS = r".*\.(gate|router|shared_expert_gate)$"
+
+
 def _targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str]) -> str | list[str]:
     """PEFT refuses `layers_to_transform` with the string shorthand `all-linear`, so with `layers`
     the shorthand is spelled out: the names of the linear modules inside decoder layers."""
-    if adapter.layers is None or adapter.target_modules != "all-linear":
-        return adapter.target_modules
+    names = target_names(adapter.target_modules)
+    if adapter.layers is None or names != "all-linear":
+        return names
     import torch
     from transformers.pytorch_utils import Conv1D
 
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if isinstance(module, (torch.nn.Linear, Conv1D)) and layer.search("." + name + ".")})
+                   if isinstance(module, (torch.nn.Linear, Conv1D)) and layer.search("." + name + ".")
+                   and not re.fullmatch(ROUTERS, "." + name)})
 
 
 def _layer_indices(layers: list[int] | None, model: Any, layer: re.Pattern[str]) -> list[int] | None:
@@ -76,7 +99,8 @@ def _layer_indices(layers: list[int] | None, model: Any, layer: re.Pattern[str])
     return sorted({i % n for i in layers})
 
 
-def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str, list[int]], model: Any) -> Any:
+def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str, list[int]], model: Any,
+                 has_router: bool = False) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
@@ -84,6 +108,10 @@ def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
         target_modules=_targets(adapter, model, kind.layer_pattern),
+        # all-linear would wrap a mixture-of-experts router kept as nn.Linear (Qwen-MoE's shared_expert_gate;
+        # the routers of transformers 5's Mixtral/Qwen-MoE/OLMoE are not nn.Linear). Routing is left as
+        # trained unless target_modules names a router.
+        exclude_modules=ROUTERS if adapter.target_modules == "all-linear" and has_router else None,
         use_dora=adapter.dora,
         use_rslora=adapter.rslora,
         layers_to_transform=_layer_indices(adapter.layers, model, kind.layer_pattern),
@@ -120,7 +148,10 @@ def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, kind: ModelKind
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.enable_input_require_grads()
-    return get_peft_model(model, _lora_config(adapter, kind, _new_token_rows(model, new_token_ids), model))
+    # PEFT warns when exclude_modules matches nothing: name routers only where the model has one.
+    has_router = any(re.fullmatch(ROUTERS, "." + name) for name, _ in model.named_modules())
+    return get_peft_model(model, _lora_config(adapter, kind, _new_token_rows(model, new_token_ids), model,
+                                              has_router))
 
 
 _APPLY: dict[type, Callable[..., Any]] = {

@@ -19,9 +19,11 @@ from finetune.recipe.schema import FullAdapter
 from finetune.run_parts import RunParts
 
 
-def merged_saver(parts: RunParts, model_config: dict[str, Any]) -> Callable[[Any, str], None]:
-    """save(peft_model, out_dir): base + adapter merged, as one sequence-classification model whose
-    config carries `model_config` (num_labels, label names, problem type)."""
+def merged_saver(parts: RunParts, model_config: dict[str, Any],
+                 kind: str = "sequence_classification") -> Callable[[Any, str], None]:
+    """save(peft_model, out_dir): base + adapter merged, as one model of model kind `kind` (a
+    sequence classifier whose config carries `model_config`: num_labels, label names, problem type;
+    or a masked LM)."""
 
     def save(peft_model: Any, out_dir: str) -> None:
         from finetune.models import attach_adapter, load_model
@@ -30,7 +32,7 @@ def merged_saver(parts: RunParts, model_config: dict[str, Any]) -> Callable[[Any
             # Rows of tokens a template added are trainable tokens, saved as such: the full embedding is not needed.
             peft_model.save_pretrained(tmp, save_embedding_layers=False)
             # The recipe's model without quantization: same weights, dtype and head, on the CPU.
-            base = load_model(parts.model_section, FullAdapter(), parts.hardware, "sequence_classification",
+            base = load_model(parts.model_section, FullAdapter(), parts.hardware, kind,
                               config=model_config)
             merged = attach_adapter(base, tmp, vocab_size=len(parts.tokenizer), merge=True)
         # Sequence classification scores the last non-pad token: a reloaded model must know the pad id.

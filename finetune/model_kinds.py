@@ -20,7 +20,9 @@ from finetune.errors import ConfigError
 class ModelKind:
     name: str
     auto_class: str  # the transformers Auto class the weights load with
-    peft_task_type: str  # LoraConfig.task_type, and what a saved adapter's config records
+    # LoraConfig.task_type, and what a saved adapter's config records; None: PEFT has no task for the
+    # head (a masked LM), so the adapter is a plain PeftModel and the head's weights stay as loaded.
+    peft_task_type: str | None
     peft_auto_class: str  # the PEFT Auto class that loads a saved adapter with its base
     processor: str  # what turns raw inputs into ids
     generates: bool  # `ft generate` / `ft chat` / export with a generation config make sense
@@ -46,6 +48,9 @@ MODEL_KINDS: dict[str, ModelKind] = {
         ModelKind("sequence_classification", "transformers:AutoModelForSequenceClassification", "SEQ_CLS",
                   "peft:AutoPeftModelForSequenceClassification", "transformers:AutoTokenizer", generates=False,
                   layer_pattern=_DECODER_LAYERS),
+        # Masked-LM runs end merged (finetune.mlm), so a saved adapter of this kind is never looked up.
+        ModelKind("masked_lm", "transformers:AutoModelForMaskedLM", None, "peft:AutoPeftModel",
+                  "transformers:AutoTokenizer", generates=False, layer_pattern=_DECODER_LAYERS),
     )
 }
 
@@ -59,7 +64,7 @@ def model_kind(name: str) -> ModelKind:
 def kind_of_task_type(task_type: str | None) -> ModelKind:
     """The kind a saved PEFT adapter was trained as (its adapter_config.json `task_type`)."""
     for kind in MODEL_KINDS.values():
-        if kind.peft_task_type == task_type:
+        if kind.peft_task_type is not None and kind.peft_task_type == task_type:
             return kind
     return MODEL_KINDS["causal_lm"]  # PEFT leaves task_type empty for plain causal-LM adapters at times
 

@@ -182,6 +182,10 @@ def load_model(section: ModelSection, adapter: Any, hardware: Hardware, kind: st
     except OSError as err:
         raise _not_found(section, "weights", err) from None
     except (RuntimeError, ValueError) as err:
+        if "Unrecognized configuration class" in str(err):  # the architecture has no head of this kind
+            raise ConfigError(f"model.name_or_path: {location} cannot be loaded as {model_kind(kind).auto().__name__} "
+                              f"(model kind {kind}, which the objective needs): transformers has no such head for "
+                              f"its architecture ({_first_line(err)})") from None
         files = ", ".join(f.name for pattern in _WEIGHTS for f in sorted(Path(location).glob(pattern))) or location
         mismatch = "mismatched_sizes" in str(err) or "size mismatch" in str(err)
         why = "have other shapes than its config.json says" if mismatch else f"do not load: {_first_line(err)}"

@@ -78,7 +78,7 @@ def report_data(recipe: RecipeBase, data: PreparedData) -> None:
     from data_templates.packing import packing_note
 
     notice(data.summary())
-    note = packing_note(recipe.data, recipe.model)
+    note = packing_note(recipe.data, recipe.model, get_objective(recipe.objective.kind).data_form)
     if note:
         notice(note)
 

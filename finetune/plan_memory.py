@@ -75,7 +75,14 @@ def _index(layers: tuple[int, ...] | None, n: int) -> set[int]:
 
 
 def _targeted(lin: Linear, targets: Any) -> bool:
-    return targets == "all-linear" or lin.name in targets
+    import re
+
+    from finetune.adapters import ROUTERS, target_names
+
+    targets = target_names(targets)
+    if targets == "all-linear":  # as the adapter applies it: routers are excluded
+        return not re.fullmatch(ROUTERS, "." + lin.name)
+    return lin.name in targets
 
 
 def lora_linears(arch: Arch, s: Setup) -> list[Linear]:

@@ -30,6 +30,7 @@ BUILTIN_OBJECTIVE_MODULES: tuple[str, ...] = (
     "finetune.sft",
     "finetune.pretrain",
     "finetune.classify",
+    "finetune.mlm",
     "align.dpo",
     "align.reward",
     "align.kto",
@@ -102,9 +103,12 @@ def _discover() -> None:
 
 
 def objectives() -> dict[str, Objective]:
-    """All registered objectives, by kind (imports the objective modules on first use)."""
+    """All registered objectives, by kind (imports the objective modules on first use), built-ins in
+    the order of BUILTIN_OBJECTIVE_MODULES whichever module was imported first, then the others."""
     _discover()
-    return dict(_REGISTRY)
+    order = {module: i for i, module in enumerate(BUILTIN_OBJECTIVE_MODULES)}
+    ranked = sorted(_REGISTRY.values(), key=lambda o: order.get(o.build_trainer.__module__, len(order)))
+    return {o.kind: o for o in ranked}
 
 
 def get_objective(kind: str) -> Objective:

@@ -44,6 +44,7 @@ def build_sft_trainer(parts: RunParts, **config: Any) -> Any:
         **_loss_type(parts),
         # data.batching: padding_free (finetune/batching.py); packing is padding-free already.
         padding_free=not packing and parts.recipe.data.batching == "padding_free",
+        **_router_aux_loss(parts),
         **config,
     )
     return SFTTrainer(args=args, **parts.trainer_inputs())
@@ -64,6 +65,19 @@ def _loss_type(parts: RunParts) -> dict[str, str]:
     notice(f"the output layer is wrapped by the adapter ({type(output).__name__}); training with the plain "
            f"token loss (loss_type nll) so its trained rows count")
     return {"loss_type": "nll"}
+
+
+def _router_aux_loss(parts: RunParts) -> dict[str, float]:
+    """Mixture-of-experts models train with the router's load-balancing loss (TRL adds it and logs
+    `aux_loss`) at model.router_aux_loss_coef, or at the model config's own coefficient: TRL's
+    default (0.001) would silently replace the one the model was trained with."""
+    coef = parts.recipe.model.router_aux_loss_coef
+    text_config = parts.model.config.get_text_config()
+    if coef is None:
+        coef = getattr(text_config, "router_aux_loss_coef", None)
+    if coef is None or getattr(text_config, "output_router_logits", None) is None:
+        return {}  # a dense model: no router
+    return {"router_aux_loss_coef": float(coef)}
 
 
 @objective("sft", section=SFTSection, data_form="sft", config_class="trl:SFTConfig",

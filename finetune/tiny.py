@@ -175,6 +175,17 @@ def _gemma2(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
     return Gemma2Config(**kw, head_dim=256, query_pre_attn_scalar=256, tie_word_embeddings=True)
 
 
+def _qwen2_moe(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
+    from transformers import Qwen2MoeConfig
+
+    # A mixture of experts: 4 experts, 2 per token, a shared expert with its gate; every layer sparse.
+    # transformers 5 keeps the experts as fused 3D parameters (experts.gate_up_proj, experts.down_proj)
+    # and the router (mlp.gate) as its own module, not nn.Linear.
+    return Qwen2MoeConfig(**kw, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=dims.intermediate_size // 2,
+                          shared_expert_intermediate_size=dims.intermediate_size, decoder_sparse_step=1,
+                          router_aux_loss_coef=0.01)
+
+
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], _Dims], PretrainedConfig]] = {
     "llama": _llama,
     "qwen2": _qwen2,
@@ -183,6 +194,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], _Dims], PretrainedConfig]] = 
     "gemma": _gemma,
     "qwen3": _qwen3,
     "gemma2": _gemma2,
+    "qwen2_moe": _qwen2_moe,
 }
 
 
@@ -255,15 +267,19 @@ def build_tiny_model(
 
 
 def build_tiny_encoder(tokenizer: PreTrainedTokenizerBase, out_dir: Path, *, hidden_size: int = 64,
-                       num_layers: int = 2, num_heads: int = 4, seed: int = 0) -> Path:
+                       num_layers: int = 2, num_heads: int = 4, seed: int = 0,
+                       initializer_range: float = 0.02) -> Path:
     """Save a randomly initialised BERT-style encoder (with its masked-LM head) and `tokenizer` to
-    `out_dir`: it loads as AutoModelForSequenceClassification (a new head) or AutoModelForMaskedLM."""
+    `out_dir`: it loads as AutoModelForSequenceClassification (a new head) or AutoModelForMaskedLM.
+    A larger `initializer_range` gives the (tied, LoRA-frozen) output embeddings the scale a trained
+    model has, so a LoRA run can shape the token distribution within a few steps."""
     import torch
     from transformers import BertConfig, BertForPreTraining
 
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
                         num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
                         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                        initializer_range=initializer_range,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # deterministic tests
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -272,3 +288,32 @@ def build_tiny_encoder(tokenizer: PreTrainedTokenizerBase, out_dir: Path, *, hid
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def build_wordpiece_tokenizer(corpus: Iterable[str], *, vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A BERT-style tokenizer trained on `corpus` in memory: lower-cased WordPiece, [CLS] text [SEP],
+    with [PAD] [UNK] [CLS] [SEP] [MASK] as ids 0-4. Offsets are those of the words' characters, so
+    whole-word masking finds word boundaries as with a real BERT tokenizer."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(list(corpus), trainer=trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[(t, i) for i, t in
+                                                                               enumerate(specials) if i in (2, 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)

@@ -289,7 +289,7 @@ def test_recipe_checks_weights_local_hub_keys_and_packing(tmp_path: Path) -> Non
           - {{path: {data}, format: preference}}
         packing: true
         """, objective="dpo"))
-    assert "data.packing: objective 'dpo' does not pack examples; packing is for sft and pretrain" in packing
+    assert "data.packing: objective 'dpo' does not pack examples; packing is for sft, pretrain and mlm" in packing
 
 
 def test_a_template_that_is_not_jinja_is_a_clear_error(tmp_path: Path) -> None:

@@ -67,9 +67,12 @@ def _mixing_problems(recipe: RecipeBase, at) -> list[Problem]:
         if spec.weight is not None:
             problems.append(at(("data", "validation", index, "weight"), "validation data is not mixed; remove weight"))
     form = get_objective(recipe.objective.kind).data_form
+    if recipe.model.router_aux_loss_coef is not None and get_objective(recipe.objective.kind).config_class != "trl:SFTConfig":
+        problems.append(at(("model", "router_aux_loss_coef"), f"objective {recipe.objective.kind!r} does not add the "
+                           "router loss; it is for sft and pretrain (remove the key)"))
     if recipe.data.packing and not data_form(form).packs:
         problems.append(at(("data", "packing"), f"objective {recipe.objective.kind!r} does not pack examples; "
-                           "packing is for sft and pretrain"))
+                           "packing is for sft, pretrain and mlm"))
     return problems
 
 

@@ -40,6 +40,11 @@ class ModelSection(Strict):
         description="None: the tokenizer's own template. Else a shipped template name "
         "(chatml, llama3, mistral, gemma, phi3, alpaca, completion) or a path to a .jinja file.",
     )
+    router_aux_loss_coef: float | None = Field(
+        None, ge=0, description="Mixture-of-experts models (Mixtral, Qwen-MoE, OLMoE), sft and pretrain: weight of "
+        "the router's load-balancing loss added to the training loss (logged as aux_loss). None: the model "
+        "config's own coefficient; 0 turns it off. No effect on dense models.",
+    )
 
 
 # ------------------------------------------------------------------------------------- adapter
@@ -64,8 +69,10 @@ class LoraAdapter(Strict):
     r: int = Field(16, gt=0, description="Rank of the update matrices.")
     alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: Union[Literal["all-linear"], list[str]] = Field(
-        "all-linear", description="Modules to adapt: all-linear, or a list of module names."
+    target_modules: Union[Literal["all-linear", "attention", "mlp"], list[str]] = Field(
+        "all-linear", description="Modules to adapt: all-linear (every linear layer but the output layer and "
+        "mixture-of-experts routers), attention (the attention projections), mlp (the feed-forward / "
+        "shared-expert projections, no router), or a list of module names (a router only when named)."
     )
     dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
@@ -158,7 +165,8 @@ class DataSection(Strict):
     )
     packing: bool = Field(
         False,
-        description="sft and pretrain: pack tokenized examples into rows of up to max_length tokens (TRL's "
+        description="mlm: concatenate the tokenized texts and cut them into rows of exactly max_length "
+        "tokens (full attention across the joined texts, as BERT was pre-trained). sft and pretrain: pack tokenized examples into rows of up to max_length tokens (TRL's "
         "best-fit-decreasing packing; no example is cut), trained padding-free: less compute wasted on "
         "padding, fewer steps per epoch. Effect on attention: a packed row has no attention mask and its "
         "position ids restart at each example. flash_attention_2/3 keep the examples apart exactly. With "
