@@ -64,8 +64,35 @@ def write_model(root: Path, name: str, config: dict, eos: str) -> Path:
     return snapshot
 
 
+# google-bert/bert-base-uncased's config.json values (the mlm recipe's encoder).
+_BERT_BASE = {
+    "architectures": ["BertForMaskedLM"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
+    "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
+    "num_hidden_layers": 12, "position_embedding_type": "absolute", "type_vocab_size": 2, "use_cache": True,
+}
+# Qwen/Qwen1.5-MoE-A2.7B-Chat's config.json values (the moe_lora recipe), as in tests/data/plan.
+_QWEN15_MOE = json.loads((Path(__file__).parent / "data" / "plan" / "qwen1.5-moe-a2.7b" / "config.json").read_text())
+
+
+def write_encoder(root: Path, name: str, config: dict) -> Path:
+    """A BERT-style entry: a WordPiece tokenizer with [MASK] (the real 30k vocabulary is not needed)."""
+    from finetune.tiny import build_wordpiece_tokenizer
+
+    snapshot = root / "hub" / f"models--{name.replace('/', '--')}" / "snapshots" / REVISION
+    tokenizer = build_wordpiece_tokenizer(CORPUS)
+    tokenizer.save_pretrained(snapshot)
+    ids = {"pad_token_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)}
+    (snapshot / "config.json").write_text(json.dumps({**config, **ids}, indent=2))
+    (snapshot.parent.parent / "refs").mkdir(parents=True, exist_ok=True)
+    (snapshot.parent.parent / "refs" / "main").write_text(REVISION)
+    return snapshot
+
+
 def write_fake_hub(root: Path) -> Path:
     """HF_HOME with every Hub model of the shipped recipes; returns root."""
     for name, (overrides, eos) in MODELS.items():
         write_model(root, name, {**_QWEN25_05B, **overrides}, eos)
+    write_model(root, "Qwen/Qwen1.5-MoE-A2.7B-Chat", _QWEN15_MOE, "<|im_end|>")
+    write_encoder(root, "google-bert/bert-base-uncased", _BERT_BASE)
     return root
