@@ -145,6 +145,9 @@ def install(trainer: Any, recipe: RecipeBase, choice: Batching) -> Batching:
     if lengths is None:
         return Batching("random", "length grouping needs tokenized data, and this objective tokenizes "
                         "while training")
-    sampler = LengthGroupedSampler(lengths, trainer.args.per_device_train_batch_size, recipe.seed)
+    # Grouped by the global batch: Accelerate hands each rank consecutive per-device slices of one
+    # global batch, so N processes train on exactly the batches one process would (same losses).
+    global_batch = trainer.args.per_device_train_batch_size * max(trainer.args.world_size, 1)
+    sampler = LengthGroupedSampler(lengths, global_batch, recipe.seed)
     trainer._get_train_sampler = lambda *_args, **_kwargs: sampler  # the one hook every Trainer calls
     return choice
