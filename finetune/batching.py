@@ -25,8 +25,9 @@ Two remedies, chosen by `data.batching` (see the schema for the user-facing text
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from finetune.recipe.schema import RecipeBase
@@ -94,10 +95,15 @@ def grouped_indices(lengths: list[int], batch_size: int, seed: int, epoch: int) 
 class LengthGroupedSampler:
     """A torch Sampler over `lengths` (see module doc); a new order each epoch, the same on every rank."""
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+    def __init__(self, lengths: list[int], batch_size: int, seed: int,
+                 epoch_of: Callable[[], int] | None = None) -> None:
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
         self.epoch = 0
         self._explicit = False
+        # Where the training loop is (the Trainer's state): a resumed run's first, partly skipped
+        # epoch is iterated through Accelerate's skip wrapper, which does not pass set_epoch on under
+        # several processes, and a fresh process would otherwise start counting at 0.
+        self._epoch_of = epoch_of
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._explicit = epoch, True
@@ -106,6 +112,8 @@ class LengthGroupedSampler:
         return len(self.lengths)
 
     def __iter__(self) -> Iterator[int]:
+        if not self._explicit and self._epoch_of is not None:
+            self.epoch = self._epoch_of()
         indices = grouped_indices(self.lengths, self.batch_size, self.seed, self.epoch)
         if not self._explicit:  # no set_epoch from the trainer: count passes, identically on every rank
             self.epoch += 1
@@ -148,6 +156,8 @@ def install(trainer: Any, recipe: RecipeBase, choice: Batching) -> Batching:
     # Grouped by the global batch: Accelerate hands each rank consecutive per-device slices of one
     # global batch, so N processes train on exactly the batches one process would (same losses).
     global_batch = trainer.args.per_device_train_batch_size * max(trainer.args.world_size, 1)
-    sampler = LengthGroupedSampler(lengths, global_batch, recipe.seed)
+    # trainer.state.epoch is a float (2.4: 40% into epoch 2) that can end an epoch a hair below n.
+    sampler = LengthGroupedSampler(lengths, global_batch, recipe.seed,
+                                   epoch_of=lambda: int((trainer.state.epoch or 0) + 1e-6))
     trainer._get_train_sampler = lambda *_args, **_kwargs: sampler  # the one hook every Trainer calls
     return choice
