@@ -26,7 +26,6 @@ At = Callable[[tuple[str | int, ...], str], Problem]
 MAX_SEED = 2**32 - 1  # numpy's seed range, which transformers.set_seed passes the seed to
 MAX_RANK = 4096
 MAX_ALPHA = 1e6
-_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
@@ -139,24 +138,33 @@ def _safetensors_names(path: Path) -> list[str]:
     return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else []
 
 
+def _layer(recipe: RecipeBase) -> re.Pattern[str]:
+    """The block-index pattern of the model kind the objective loads (finetune.model_kinds), the one
+    `trainable_layers` and `adapter.layers` are applied with."""
+    from finetune.model_kinds import model_kind
+    from finetune.registry import get_objective
+
+    return model_kind(get_objective(recipe.objective.kind).model_head).layer_pattern
+
+
 def _model_problems(recipe: RecipeBase, at: At, pending: frozenset[str]) -> list[Problem]:
     path = Path(recipe.model.name_or_path).expanduser()
     if recipe.model.name_or_path in pending or not path.is_dir():
         return []
     layers, modules = model_modules(path)
     if layers is None and modules:
-        indices = {int(m.group(1)) for name in modules if (m := _LAYER.search(name))}
+        indices = {int(m.group(1)) for name in modules if (m := _layer(recipe).search("." + name))}
         layers = max(indices) + 1 if indices else None
     problems = []
     key, chosen = _layers_key(recipe.adapter)
     if layers and chosen:
         bad = [i for i in chosen if not -layers <= i < layers]
         if bad:
-            problems.append(at(("adapter", key), f"layers {bad} out of range: {path} has {layers} decoder layers "
+            problems.append(at(("adapter", key), f"layers {bad} out of range: {path} has {layers} layers "
                                f"(valid: 0..{layers - 1}, or -{layers}..-1 from the end)"))
     targets = getattr(recipe.adapter, "target_modules", "all-linear")
     if modules and isinstance(targets, list):
-        leaves = {name.rsplit(".", 1)[-1] for name in modules if _LAYER.search(name)}
+        leaves = {name.rsplit(".", 1)[-1] for name in modules if _layer(recipe).search("." + name)}
         unmatched = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
         if unmatched:
             problems.append(at(("adapter", "target_modules"), f"{unmatched} match no module of {path}; "

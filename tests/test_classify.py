@@ -98,3 +98,14 @@ def test_multi_label_and_regression(encoder: Path, tmp_path: Path) -> None:
 def test_bad_labels_name_the_row(rows: list[dict], override: str, message: str, encoder: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=message):
         train(_classify(tmp_path, encoder, _write(tmp_path / "d.jsonl", rows)), *FAST, override)
+
+
+def test_layer_ranges_of_an_encoder_are_checked_at_validation(encoder: Path, tmp_path: Path) -> None:
+    """BERT's blocks are `encoder.layer.<i>.`: validation counts them like decoder layers."""
+    from finetune.recipe.errors import RecipeError
+    from finetune.recipe.loader import load_recipe
+
+    recipe = _classify(tmp_path, encoder, adapter="none")
+    with pytest.raises(RecipeError, match=r"layers \[5\] out of range: .* has 2 layers"):
+        load_recipe(recipe, ["adapter.trainable_layers=[5]"])
+    load_recipe(recipe, ["adapter.trainable_layers=[-1]"])
