@@ -3,13 +3,14 @@
 The job: a ~19M-parameter random Llama-architecture model built offline, 2,000 generated
 single-turn chat rows of strongly variable length (about 27-600 tokens, median ~110), LoRA r=8 on
 all linear layers, batch 8, fp32, CPU. Each tool runs in its own process, alternating tool by tool
-within each repeat, first in its default setting, then in its best one:
+within each repeat, first in its default setting, then in its best one. LLaMA-Factory uses its
+`chatml` template (no default system prompt), the template ft and TRL render here:
 
 | tool | default | best |
 | --- | --- | --- |
 | ft | data.batching: length (ft's default) | data.batching: padding_free |
 | plain TRL | SFTTrainer, random batches | padding_free=True |
-| LLaMA-Factory | random batches | neat_packing (packing without cross-attention) |
+| LLaMA-Factory | random batches | neat_packing (packing without cross-attention), one packed 1,024-token row per step |
 
 Every process gets benchmarks/_probe on PYTHONPATH, which counts the token slots, real and
 supervised tokens of every training step the same way for all three (see _probe.py). Peak RSS
@@ -127,8 +128,11 @@ def _lf_config(job: dict, best: bool, extra: str = "") -> Path:
     config.write_text(
         f"model_name_or_path: {job['model']}\nstage: sft\ndo_train: true\nfinetuning_type: lora\nlora_rank: 8\n"
         f"lora_alpha: 16\nlora_dropout: 0.0\nlora_target: all\ndataset: bench\ndataset_dir: {_lf_dataset(job)}\n"
-        f"template: qwen\ncutoff_len: 1024\noverwrite_cache: true\noutput_dir: {job['dir']}/out\n"
-        f"overwrite_output_dir: true\nlogging_steps: 10\nsave_strategy: 'no'\nper_device_train_batch_size: 8\n"
+        f"template: chatml\ncutoff_len: 1024\noverwrite_cache: true\noutput_dir: {job['dir']}/out\n"
+        f"overwrite_output_dir: true\nlogging_steps: 10\nsave_strategy: 'no'\n"
+        # Packed, a row holds cutoff_len tokens (~7 examples here): one packed row per step is about the
+        # 8 examples (~1,100 real tokens) the other tools' batches hold, so steps cost about the same.
+        f"per_device_train_batch_size: {1 if best else 8}\n"
         f"learning_rate: 2.0e-4\nmax_steps: {job['steps']}\nreport_to: none\nbf16: false\nseed: 42\n"
         f"flash_attn: sdpa\ndisable_tqdm: true\n"
         + ("packing: true\nneat_packing: true\n" if best else "") + extra)
