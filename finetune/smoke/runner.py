@@ -21,6 +21,9 @@ LEARN_STEPS = 6
 LEARN_ROWS = 4
 # Objectives whose loss on one repeated batch must fall; RL objectives' losses are sampled, not fitted.
 FITS_A_BATCH = {"sft": True, "pretrain": True, "dpo": True, "kto": True, "reward": True, "ppo": False, "grpo": False}
+# Rollout sizes an RL objective is capped at: sampling and re-optimising long responses exercises no
+# wiring that a few tokens and one pass do not, and it is most of an RL stage's time on a CPU.
+ROLLOUT_CAPS = {"response_length": 8, "max_completion_length": 8, "num_ppo_epochs": 1}
 
 
 class _Shrinker:
@@ -63,8 +66,9 @@ class _Shrinker:
             model["name_or_path"] = self.model(model["name_or_path"], model.get("revision"))
             model["revision"] = None
         self._score_models(raw, recipe, stage)
+        self._rollouts(raw["objective"], stage)
         self._data(raw["data"])
-        self._training(raw["training"], stage)
+        self._training(raw["training"], stage, raw["objective"].get("num_generations"))
         return recipe_model().model_validate(raw)
 
     def _score_models(self, raw: dict[str, Any], recipe: RecipeBase, stage: str) -> None:
@@ -89,23 +93,43 @@ class _Shrinker:
                 self.report.reductions.append(f"{stage}: objective.{field} {path} does not exist: a shrunk "
                                               f"{recipe.model.name_or_path} with a score head stands in")
 
+    def _rollouts(self, objective: dict[str, Any], stage: str) -> None:
+        for key, cap in ROLLOUT_CAPS.items():
+            if isinstance(objective.get(key), int) and objective[key] > cap:
+                self.report.reductions.append(f"{stage}: objective.{key} {objective[key]} -> {cap} (a short "
+                                              f"rollout checks the same wiring)")
+                objective[key] = cap
+        group = objective.get("num_generations")
+        if isinstance(group, int) and group > 2:
+            # GRPO keeps groups (its advantage is relative within one) at the smallest size that still
+            # divides every batch the recipe's own group size divides.
+            smallest = next(f for f in range(2, group + 1) if group % f == 0)
+            if smallest < group:
+                self.report.reductions.append(f"{stage}: objective.num_generations {group} -> {smallest} (a "
+                                              f"smaller group checks the same wiring)")
+                objective["num_generations"] = smallest
+
     def _data(self, data: dict[str, Any]) -> None:
         for spec in [*data["train"], *data["validation"]]:
             spec["max_rows"] = min(spec.get("max_rows") or self.rows, self.rows)
         data["max_length"] = min(data["max_length"], MAX_LENGTH)
         data["cache"] = False  # a smoke run must not fill the user's data cache
 
-    def _training(self, t: dict[str, Any], stage: str) -> None:
+    def _training(self, t: dict[str, Any], stage: str, group: int | None) -> None:
         import torch
 
         t.update(max_steps=self.steps, logging_steps=1, save_steps=None)
-        for key, reduced, why in self._reductions(t, torch.cuda.is_available()):
+        for key, reduced, why in self._reductions(t, torch.cuda.is_available(), group):
             self.report.reductions.append(f"{stage}: training.{key} {t[key]} -> {reduced} ({why})")
             t[key] = reduced
 
     @staticmethod
-    def _reductions(t: dict[str, Any], cuda: bool) -> list[tuple[str, Any, str]]:
+    def _reductions(t: dict[str, Any], cuda: bool, group: int | None) -> list[tuple[str, Any, str]]:
         out: list[tuple[str, Any, str]] = []
+        # One micro-batch per step: accumulation multiplies a step's compute and checks no other wiring.
+        # GRPO keeps it where one micro-batch would no longer hold whole groups of completions.
+        if t["gradient_accumulation_steps"] > 1 and (group is None or t["batch_size"] % group == 0):
+            out.append(("gradient_accumulation_steps", 1, "one micro-batch per smoke step"))
         if t["nproc"] > 1:
             out.append(("nproc", 1, "one process in a smoke run"))
         if t["report_to"]:
