@@ -298,3 +298,42 @@ def resolve_chat_template(tokenizer: Any, choice: str | None) -> ResolvedTemplat
     tokenizer.chat_template = source
     end_of_turn = shipped.end_of_turn_for(tokenizer) if shipped is not None else None
     return ResolvedTemplate(source=where, added_tokens=tuple(added), end_of_turn=end_of_turn)
+
+
+# Turn closers of common templates (ChatML, Llama 3, Gemma, Phi-3, GPT-style), also the shipped ones.
+_KNOWN_CLOSERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+_PROBE = "FTENDOFTURNPROBE"  # an assistant reply that tokenizes to ordinary pieces, found again after rendering
+
+
+def end_of_turn_ids(tokenizer: Any, template: str | None = None) -> list[int]:
+    """eos first, then every token that ends an assistant turn: the one function generation, the
+    merged export's generation_config, GGUF and Ollama stop lists read.
+
+    With a chat template (`template`, else the tokenizer's): the known closers its source writes,
+    plus the first special token it renders right after an assistant reply (a custom template's
+    closer, found without a list). Without one: the known closers the vocabulary has.
+    """
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    source = template if template is not None else getattr(tokenizer, "chat_template", None)
+    if isinstance(source, dict):
+        source = source.get("default")
+    closers = {t.end_of_turn for t in TEMPLATES.values() if t.end_of_turn != EOS} | set(_KNOWN_CLOSERS)
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[c] for c in sorted(closers) if c in vocab and (not source or c in str(source))]
+    if source:
+        ids += _closer_after_reply(tokenizer, str(source))
+    return list(dict.fromkeys(ids))
+
+
+def _closer_after_reply(tokenizer: Any, template: str) -> list[int]:
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render this probe simply gives no extra token
+        return []
+    after = text[text.rfind(_PROBE) + len(_PROBE):] if _PROBE in text else ""
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for token_id in tokenizer(after, add_special_tokens=False)["input_ids"]:
+        if token_id in special:
+            return [token_id]  # the first special token after the reply closes the turn
+    return []

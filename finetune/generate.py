@@ -42,10 +42,7 @@ def generate(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new
 
 
 def stop_ids(tokenizer: Any) -> list[int]:
-    """eos plus the end-of-turn tokens of common templates that the vocabulary has."""
-    ids = {tokenizer.eos_token_id}
-    for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return sorted(i for i in ids if i is not None)
+    """eos and the chat template's end-of-turn tokens (data_templates.chat_templates.end_of_turn_ids)."""
+    from data_templates.chat_templates import end_of_turn_ids
+
+    return end_of_turn_ids(tokenizer)

@@ -246,3 +246,19 @@ def test_test_tokenizer_has_every_template_token() -> None:
     tokenizer = make_tokenizer()
     for token in TEMPLATE_TOKENS:
         assert len(tokenizer.encode(token, add_special_tokens=False)) == 1
+
+
+def test_end_of_turn_ids_is_eos_then_what_the_template_closes_turns_with() -> None:
+    from data_templates.chat_templates import end_of_turn_ids
+
+    tok = make_tokenizer()
+    ids = lambda *tokens: [tok.convert_tokens_to_ids(t) for t in tokens]  # noqa: E731
+    assert end_of_turn_ids(tok, get_template("chatml").source) == ids(tok.eos_token, "<|im_end|>")
+    assert end_of_turn_ids(tok, get_template("gemma").source) == ids(tok.eos_token, "<end_of_turn>")
+    # A custom closer no list names is found by rendering a reply and reading the special token after it.
+    tok.add_special_tokens({"additional_special_tokens": ["<|reply_done|>"]})
+    custom = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|reply_done|>\n{% endfor %}"
+    assert end_of_turn_ids(tok, custom) == ids(tok.eos_token, "<|reply_done|>")
+    # No template at all: every known closer the vocabulary has.
+    tok.chat_template = None
+    assert set(ids("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")) <= set(end_of_turn_ids(tok))

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from data_templates.chat_templates import end_of_turn_ids
 from finetune.export.common import ExportError, run_recipe
 
 DTYPES = ("float16", "bfloat16", "float32")
-_PROBE = "FTENDOFTURNPROBE"  # an assistant reply that tokenizes to ordinary pieces, found again after rendering
 
 
 def default_dtype(run_dir: Path) -> str:
@@ -32,39 +32,6 @@ def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
     return dtype
-
-
-def end_of_turn_ids(tokenizer: Any) -> list[int]:
-    """eos plus the special tokens the chat template writes right after an assistant reply.
-
-    Rendering a probe conversation finds the closer of any template (ChatML's <|im_end|>, Llama 3's
-    <|eot_id|>, Gemma's <end_of_turn>, a custom one) without a list; the known closers that
-    `stop_ids` names are kept when the template's source writes them.
-    """
-    from finetune.generate import stop_ids
-
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
-        return ids
-    source = json.dumps(template)
-    ids += [i for i in stop_ids(tokenizer) if tokenizer.convert_ids_to_tokens(i) in source]
-    ids += _closer_after_reply(tokenizer)
-    return list(dict.fromkeys(ids))
-
-
-def _closer_after_reply(tokenizer: Any) -> list[int]:
-    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
-    try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-    except Exception:  # noqa: BLE001 - a template that cannot render this probe simply gives no extra token
-        return []
-    after = text[text.rfind(_PROBE) + len(_PROBE):] if _PROBE in text else ""
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    for token_id in tokenizer(after, add_special_tokens=False)["input_ids"]:
-        if token_id in special:
-            return [token_id]  # the first special token after the reply closes the turn
-    return []
 
 
 def load_merged(run_dir: Path, dtype: str) -> tuple[Any, Any]:

@@ -75,8 +75,10 @@ def _write_generation_config(job: ExportJob, tmp: Path) -> None:
     """The eos list the base's own generation config lacks when the run changed its chat template."""
     from transformers import AutoTokenizer, GenerationConfig
 
+    from data_templates.chat_templates import end_of_turn_ids
+
     tokenizer = AutoTokenizer.from_pretrained(job.final)
-    GenerationConfig(eos_token_id=merged.end_of_turn_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+    GenerationConfig(eos_token_id=end_of_turn_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
                      bos_token_id=tokenizer.bos_token_id).save_pretrained(tmp)
 
 

@@ -1,8 +1,8 @@
 """The tokens that end an assistant turn, read from a model directory.
 
 Serving stacks stop generating on these. They come from three places, which a merged export
-keeps in step: `generation_config.json`'s eos list, the tokenizer's eos, and the turn-closing
-tokens of the shipped templates when the chat template writes them.
+keeps in step: `generation_config.json`'s eos list, the tokenizer's eos, and the chat template's
+turn-closing tokens (`data_templates.chat_templates.end_of_turn_ids`, the one finder).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_templates.chat_templates import EOS, TEMPLATES
+from data_templates.chat_templates import end_of_turn_ids
 
 
 def chat_template_of(tokenizer: Any) -> str | None:
@@ -34,7 +34,5 @@ def end_of_turn_tokens(tokenizer: Any, model_dir: Path, chat_template: str | Non
         found.insert(0, str(tokenizer.eos_token))
     template = chat_template if chat_template is not None else chat_template_of(tokenizer)
     if template:
-        closers = {t.end_of_turn for t in TEMPLATES.values() if t.end_of_turn != EOS}
-        vocab = tokenizer.get_vocab()
-        found.extend(sorted(c for c in closers if c in template and c in vocab))
+        found.extend(tokenizer.convert_ids_to_tokens(i) for i in end_of_turn_ids(tokenizer, template))
     return list(dict.fromkeys(t for t in found if t))
