@@ -3,14 +3,9 @@
 The job: a ~19M-parameter random Llama-architecture model built offline, 2,000 generated
 single-turn chat rows of strongly variable length (about 27-600 tokens, median ~110), LoRA r=8 on
 all linear layers, batch 8, fp32, CPU. Each tool runs in its own process, alternating tool by tool
-within each repeat, first in its default setting, then in its best one. LLaMA-Factory uses its
-`chatml` template (no default system prompt), the template ft and TRL render here:
-
-| tool | default | best |
-| --- | --- | --- |
-| ft | data.batching: length (ft's default) | data.batching: padding_free |
-| plain TRL | SFTTrainer, random batches | padding_free=True |
-| LLaMA-Factory | random batches | neat_packing (packing without cross-attention), one packed 1,024-token row per step |
+within each repeat, every tool in its default setting first, then in each of its faster settings
+(SETTINGS below). A tool's best is its setting with the highest median supervised tokens/s.
+LLaMA-Factory uses its `chatml` template (no default system prompt), the template ft and TRL render.
 
 Every process gets benchmarks/_probe on PYTHONPATH, which counts the token slots, real and
 supervised tokens of every training step the same way for all three (see _probe.py). Peak RSS
@@ -20,8 +15,9 @@ imports them, and only uses them for image/audio data). Then preprocessing: ft's
 50,000 conversations, first run and cached, against LLaMA-Factory's tokenizer run
 (tokenized_path), first run and loaded.
 
-    python benchmarks/peers.py                      # 3 repeats, 60 steps, all tools; writes the table
+    python benchmarks/peers.py                      # 3 repeats, 60 steps, every setting; writes the table
     python benchmarks/peers.py --repeats 1 --steps 20 --tools ft trl
+    python benchmarks/peers.py --only trl:group_by_length --keep   # add runs to the recorded ones
 """
 
 from __future__ import annotations
@@ -74,13 +70,13 @@ def build_data(out: Path, rows: int, seed: int = 0) -> Path:
     return out
 
 
-def _ft_cmd(job: dict, best: bool) -> list[str]:
+def _ft_cmd(job: dict, setting: str) -> list[str]:
     recipe = Path(job["dir"]) / "recipe.yaml"
     recipe.write_text(
         f"model: {{name_or_path: {job['model']}, attn_implementation: sdpa}}\n"
         f"adapter: {{kind: lora, r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear}}\n"
         f"data: {{train: [{{path: {job['data']}}}], max_length: 1024, cache: false, "
-        f"batching: {'padding_free' if best else 'length'}}}\n"
+        f"batching: {'length' if setting == 'default' else setting}}}\n"
         "objective: {kind: sft}\n"
         f"training: {{max_steps: {job['steps']}, batch_size: 8, learning_rate: 2.0e-4, logging_steps: 10, "
         "precision: fp32, device: cpu, progress_bar: false, save_steps: 100000}\n"
@@ -94,7 +90,9 @@ from datasets import load_dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
-job, best = json.loads(sys.argv[1]), sys.argv[2] == "best"
+job, setting = json.loads(sys.argv[1]), sys.argv[2]
+best = setting == "padding_free"
+sampling = "group_by_length" if setting == "group_by_length" else "random"
 tok = AutoTokenizer.from_pretrained(job["model"])
 model = AutoModelForCausalLM.from_pretrained(job["model"], attn_implementation="sdpa")
 ds = load_dataset("json", data_files=job["data"], split="train")
@@ -102,14 +100,15 @@ ds = load_dataset("json", data_files=job["data"], split="train")
 ds = ds.map(lambda r: {"prompt": r["messages"][:1], "completion": r["messages"][1:]}, remove_columns=["messages"])
 args = SFTConfig(output_dir=job["dir"] + "/out", max_steps=job["steps"], per_device_train_batch_size=8,
                  learning_rate=2e-4, logging_steps=10, save_strategy="no", report_to="none", use_cpu=True,
-                 disable_tqdm=True, max_length=None if best else 1024, padding_free=best, seed=42)
+                 disable_tqdm=True, max_length=None if best else 1024, padding_free=best, seed=42,
+                 train_sampling_strategy=sampling)
 SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
            peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")).train()
 """
 
 
-def _trl_cmd(job: dict, best: bool) -> list[str]:
-    return [sys.executable, "-c", PLAIN_TRL, json.dumps(job), "best" if best else "default"]
+def _trl_cmd(job: dict, setting: str) -> list[str]:
+    return [sys.executable, "-c", PLAIN_TRL, json.dumps(job), setting]
 
 
 def _lf_dataset(job: dict) -> Path:
@@ -123,7 +122,8 @@ def _lf_dataset(job: dict) -> Path:
     return folder
 
 
-def _lf_config(job: dict, best: bool, extra: str = "") -> Path:
+def _lf_config(job: dict, setting: str, extra: str = "") -> Path:
+    best = setting == "neat_packing"
     config = Path(job["dir"]) / "lf.yaml"
     config.write_text(
         f"model_name_or_path: {job['model']}\nstage: sft\ndo_train: true\nfinetuning_type: lora\nlora_rank: 8\n"
@@ -135,15 +135,25 @@ def _lf_config(job: dict, best: bool, extra: str = "") -> Path:
         f"per_device_train_batch_size: {1 if best else 8}\n"
         f"learning_rate: 2.0e-4\nmax_steps: {job['steps']}\nreport_to: none\nbf16: false\nseed: 42\n"
         f"flash_attn: sdpa\ndisable_tqdm: true\n"
-        + ("packing: true\nneat_packing: true\n" if best else "") + extra)
+        + ("packing: true\nneat_packing: true\n" if best else "")
+        + ("train_sampling_strategy: group_by_length\n" if setting == "group_by_length" else "") + extra)
     return config
 
 
-def _lf_cmd(job: dict, best: bool) -> list[str]:
-    return [str(LF_VENV / "bin" / "llamafactory-cli"), "train", str(_lf_config(job, best))]
+def _lf_cmd(job: dict, setting: str) -> list[str]:
+    return [str(LF_VENV / "bin" / "llamafactory-cli"), "train", str(_lf_config(job, setting))]
 
 
 TOOLS = {"ft": _ft_cmd, "trl": _trl_cmd, "llamafactory": _lf_cmd}
+# Each tool's settings, default first: its documented ways of computing on less padding.
+SETTINGS: dict[str, dict[str, str]] = {
+    "ft": {"default": "data.batching: length (ft's default)", "padding_free": "data.batching: padding_free"},
+    "trl": {"default": "random batches", "padding_free": "padding_free=True",
+            "group_by_length": "train_sampling_strategy: group_by_length"},
+    "llamafactory": {"default": "random batches",
+                     "neat_packing": "packing + neat_packing (no cross-attention), one packed 1,024-token row a step",
+                     "group_by_length": "train_sampling_strategy: group_by_length"},
+}
 
 
 def install_llamafactory() -> None:
@@ -164,7 +174,7 @@ def install_llamafactory() -> None:
         (stub / "__init__.py").write_text('"""Stub: no CPU build here; benchmarks use no audio."""\n__version__ = "0.0"\n')
 
 
-def run_one(tool: str, best: bool, job: dict) -> dict:
+def run_one(tool: str, setting: str, job: dict) -> dict:
     """One training run in its own process: wall time, peak RSS and the probe's counts."""
     stats = Path(job["dir"]) / "stats.json"
     stats.unlink(missing_ok=True)
@@ -174,15 +184,15 @@ def run_one(tool: str, best: bool, job: dict) -> dict:
            "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": ""}
     start = time.perf_counter()
     log = open(Path(job["dir"]) / f"{tool}.log", "w")  # noqa: SIM115  (closed below)
-    proc = subprocess.Popen(TOOLS[tool](job, best), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(TOOLS[tool](job, setting), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     log.close()
     if status != 0 or not stats.exists():
-        return {"tool": tool, "best": best, "error": f"exit {status}; see {log.name}"}
+        return {"tool": tool, "setting": setting, "error": f"exit {status}; see {log.name}"}
     counts = json.loads(stats.read_text())
     seconds = counts["train_runtime"]
-    return {"tool": tool, "best": best, "wall_s": wall, "train_s": seconds,
+    return {"tool": tool, "setting": setting, "wall_s": wall, "train_s": seconds,
             "supervised_tok_s": counts["supervised"] / seconds, "real_tok_s": counts["real"] / seconds,
             "slots_per_step": counts["slots"] / counts["steps"], "real_per_step": counts["real"] / counts["steps"],
             "peak_rss_mb": usage.ru_maxrss / 1024, "final_loss": counts["final_loss"]}
@@ -192,40 +202,55 @@ FIELDS = ("wall_s", "train_s", "supervised_tok_s", "real_tok_s", "slots_per_step
           "peak_rss_mb", "final_loss")
 
 
+def _median(results: list[dict], tool: str, setting: str, field: str = "supervised_tok_s") -> float | None:
+    values = [r[field] for r in results
+              if r["tool"] == tool and r["setting"] == setting and "error" not in r and r[field] is not None]
+    return statistics.median(values) if values else None
+
+
 def summarise(results: list[dict]) -> list[str]:
     """Markdown rows: median [min-max] of each field per tool and setting."""
     lines = ["| tool | setting | " + " | ".join(FIELDS) + " |", "|" + " --- |" * (len(FIELDS) + 2)]
-    for tool in TOOLS:
-        for best in (False, True):
-            runs = [r for r in results if r["tool"] == tool and r["best"] == best and "error" not in r]
-            failed = [r["error"] for r in results if r["tool"] == tool and r["best"] == best and "error" in r]
+    for tool, settings in SETTINGS.items():
+        for setting in settings:
+            runs = [r for r in results if r["tool"] == tool and r["setting"] == setting and "error" not in r]
+            failed = [r["error"] for r in results if r["tool"] == tool and r["setting"] == setting and "error" in r]
             if not runs:
                 if failed:
-                    lines.append(f"| {tool} | {'best' if best else 'default'} | failed: {failed[0]} |")
+                    lines.append(f"| {tool} | {setting} | failed: {failed[0]} |")
                 continue
             cells = []
             for name in FIELDS:
                 values = [r[name] for r in runs if r[name] is not None]
-                if not values:
-                    cells.append("n/a")
-                    continue
-                cells.append(f"{statistics.median(values):.3g} [{min(values):.3g}-{max(values):.3g}]")
-            lines.append(f"| {tool} | {'best' if best else 'default'} (n={len(runs)}) | " + " | ".join(cells) + " |")
+                cells.append(f"{statistics.median(values):.3g} [{min(values):.3g}-{max(values):.3g}]" if values
+                             else "n/a")
+            note = f" ({len(failed)} failed)" if failed else ""
+            lines.append(f"| {tool} | {setting} (n={len(runs)}{note}) | " + " | ".join(cells) + " |")
     return lines
 
 
-def ratios(results: list[dict]) -> list[str]:
-    def median(tool: str, best: bool) -> float | None:
-        values = [r["supervised_tok_s"] for r in results if r["tool"] == tool and r["best"] == best and "error" not in r]
-        return statistics.median(values) if values else None
+def best_setting(results: list[dict], tool: str) -> tuple[str, float] | None:
+    """The tool's setting with the highest median supervised tokens/s."""
+    found = [(setting, _median(results, tool, setting)) for setting in SETTINGS[tool]]
+    found = [(setting, speed) for setting, speed in found if speed is not None]
+    return max(found, key=lambda item: item[1]) if found else None
 
+
+def ratios(results: list[dict]) -> list[str]:
+    """ft against each peer in supervised tokens/s (medians): default vs default, best vs best."""
     out = []
-    for best in (False, True):
-        mine = median("ft", best)
-        for peer in ("trl", "llamafactory"):
-            theirs = median(peer, best)
-            if mine and theirs:
-                out.append(f"- supervised tokens/s, {'best' if best else 'default'}: ft / {peer} = {mine / theirs:.2f}")
+    mine = _median(results, "ft", "default")
+    for peer in ("trl", "llamafactory"):
+        theirs = _median(results, peer, "default")
+        if mine and theirs:
+            out.append(f"- default vs default, ft / {peer}: {mine / theirs:.2f} (final loss: ft "
+                       f"{_median(results, 'ft', 'default', 'final_loss')}, {peer} "
+                       f"{_median(results, peer, 'default', 'final_loss')})")
+    ours = best_setting(results, "ft")
+    for peer in ("trl", "llamafactory"):
+        theirs = best_setting(results, peer)
+        if ours and theirs:
+            out.append(f"- best vs best, ft ({ours[0]}) / {peer} ({theirs[0]}): {ours[1] / theirs[1]:.2f}")
     return out
 
 
@@ -262,7 +287,7 @@ def lf_preprocessing(data: Path, model: Path, threads: int) -> float:
         job = {"dir": str(folder), "model": str(model), "data": str(subset), "steps": 1, "threads": threads}
         out = folder / "tokenized"
         subprocess.run(["rm", "-rf", str(out)], check=True)
-        config = _lf_config(job, False, f"tokenized_path: {out}\n")
+        config = _lf_config(job, "default", f"tokenized_path: {out}\n")
         env = {**os.environ, "DISABLE_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         start = time.perf_counter()
         subprocess.run([str(LF_VENV / "bin" / "llamafactory-cli"), "train", str(config)], env=env, check=True,
@@ -294,6 +319,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=list(TOOLS))
     parser.add_argument("--prep-rows", type=int, default=50_000, help="0 skips the preprocessing benchmark")
+    parser.add_argument("--only", nargs="+", metavar="TOOL:SETTING", help="run just these, e.g. trl:group_by_length")
+    parser.add_argument("--keep", action="store_true", help="add to the runs recorded in .peers/results.jsonl")
     parser.add_argument("--out", type=Path, default=WORK / "results.md")
     args = parser.parse_args()
 
@@ -303,19 +330,29 @@ def main() -> None:
         install_llamafactory()
     model = build_model(WORK / "model-19m")
     data = build_data(WORK / f"chat-{args.rows}.jsonl", args.rows)
-    results = []
+    record = WORK / "results.jsonl"  # every run, so --keep can add runs to a recorded benchmark
+    results = [json.loads(line) for line in record.read_text().splitlines()] if args.keep and record.exists() else []
+    record.write_text("".join(json.dumps(r) + "\n" for r in results))
+    wanted = [(tool, setting) for tool in args.tools for setting in SETTINGS[tool]
+              if not args.only or f"{tool}:{setting}" in args.only]
     load = os.getloadavg()
     for repeat in range(args.repeats):
-        for best in (False, True):
-            for tool in args.tools:  # alternate tools, so drift in the machine's speed hits all
-                job = {"dir": str(WORK / "runs" / f"{tool}-{'best' if best else 'default'}-{repeat}"),
-                       "model": str(model), "data": str(data), "steps": args.steps, "threads": args.threads}
+        for rank in range(max(len(s) for s in SETTINGS.values())):
+            for tool, setting in wanted:  # alternate tools, so drift in the machine's speed hits all
+                if list(SETTINGS[tool]).index(setting) != rank:
+                    continue
+                job = {"dir": str(WORK / "runs" / f"{tool}-{setting}-{repeat}"), "model": str(model),
+                       "data": str(data), "steps": args.steps, "threads": args.threads}
                 Path(job["dir"]).mkdir(parents=True, exist_ok=True)
-                results.append(run_one(tool, best, job))
+                results.append({**run_one(tool, setting, job), "date": time.strftime("%Y-%m-%d %H:%M")})
+                with record.open("a") as f:
+                    f.write(json.dumps(results[-1]) + "\n")
                 print(json.dumps(results[-1]), flush=True)
+    settings = [f"{tool} {name}: {text}" for tool, named in SETTINGS.items() for name, text in named.items()]
     lines = [f"{args.steps} steps, batch 8, {args.rows:,} rows, {args.repeats} repeat(s), "
              f"OMP_NUM_THREADS={args.threads}; load average at start {load[0]:.1f}, at end {os.getloadavg()[0]:.1f}",
-             f"versions: {versions(args.tools)}", "", *summarise(results), "", *ratios(results)]
+             f"versions: {versions(args.tools)}", "", *summarise(results), "", *ratios(results), "",
+             "settings: " + "; ".join(settings)]
     if args.prep_rows:
         prep = build_data(WORK / f"chat-{args.prep_rows}.jsonl", args.prep_rows, seed=1)
         first, cached = ft_preprocessing(prep, model)
