@@ -101,7 +101,10 @@ ds = ds.map(lambda r: {"prompt": r["messages"][:1], "completion": r["messages"][
 args = SFTConfig(output_dir=job["dir"] + "/out", max_steps=job["steps"], per_device_train_batch_size=8,
                  learning_rate=2e-4, logging_steps=10, save_strategy="no", report_to="none", use_cpu=True,
                  disable_tqdm=True, max_length=None if best else 1024, padding_free=best, seed=42,
-                 train_sampling_strategy=sampling)
+                 train_sampling_strategy=sampling,
+                 # The job is fp32: SFTConfig's default is bf16=True, which autocasts even on a CPU
+                 # (twice as fast on one with AMX). TRL's other defaults (gradient checkpointing) stay.
+                 bf16=False)
 SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
            peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")).train()
 """
