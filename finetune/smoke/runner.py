@@ -20,7 +20,8 @@ MAX_LENGTH = 128  # tokens per example in a smoke run
 LEARN_STEPS = 6
 LEARN_ROWS = 4
 # Objectives whose loss on one repeated batch must fall; RL objectives' losses are sampled, not fitted.
-FITS_A_BATCH = {"sft": True, "pretrain": True, "dpo": True, "kto": True, "reward": True, "ppo": False, "grpo": False}
+FITS_A_BATCH = {"sft": True, "pretrain": True, "dpo": True, "kto": True, "reward": True, "ppo": False, "grpo": False,
+                "seq2seq": True}
 
 
 class _Shrinker:
@@ -29,15 +30,17 @@ class _Shrinker:
     def __init__(self, work: Path, steps: int, rows: int, report: SmokeReport, old_root: Path | None) -> None:
         self.work, self.steps, self.rows, self.report = work, steps, rows, report
         self.old_root, self.new_root = old_root, work / "runs"
-        self.models: dict[tuple[str, str], ShrunkModel] = {}
+        self.models: dict[tuple[str, str | None], ShrunkModel] = {}
 
-    def model(self, name: str, revision: str | None, head: str = "causal_lm") -> str:
+    def model(self, name: str, revision: str | None, head: str | None = None) -> str:
         key = (name, head)
         if key not in self.models:
-            shrunk = shrink(name, self.work / "models" / f"{len(self.models)}-{head}", revision=revision, head=head)
+            # head None: the generating kind the config is (a causal LM, or an encoder-decoder such as T5).
+            out = self.work / "models" / f"{len(self.models)}-{head or 'model'}"
+            shrunk = shrink(name, out, revision=revision, head=head)
             self.models[key] = shrunk
-            self.report.models.append(f"{name} -> {shrunk.architecture} ({head}), {shrunk.parameters:,} parameters, "
-                                      f"vocabulary {shrunk.vocab_size:,}")
+            self.report.models.append(f"{name} -> {shrunk.architecture} ({head or 'its own head'}), "
+                                      f"{shrunk.parameters:,} parameters, vocabulary {shrunk.vocab_size:,}")
         return str(self.models[key].path)
 
     def _moved(self, node: Any) -> Any:
