@@ -156,6 +156,10 @@ def tokenize_example(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any]
     return tokenize_text(tokenizer, example["text"])
 
 
+def _tokenize_decoder(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], loss_on: str) -> dict[str, list[int]]:
+    return tokenize_example(tokenizer, example, loss_on)  # looked up when called, so it can be wrapped
+
+
 def _tokenize_seq2seq(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], loss_on: str) -> dict[str, list[int]]:
     from data_templates.masking import tokenize_seq2seq
 
@@ -164,7 +168,7 @@ def _tokenize_seq2seq(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any
 
 # A tokenized data form's `example` -> how one canonical example becomes its tokens.
 EXAMPLE_TOKENIZERS: dict[str, Callable[[Any, dict[str, Any], str], dict[str, list[int]]]] = {
-    "decoder": tokenize_example,
+    "decoder": _tokenize_decoder,
     "seq2seq": _tokenize_seq2seq,
 }
 

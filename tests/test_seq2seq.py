@@ -171,3 +171,38 @@ def test_a_conversation_without_a_reply_names_file_and_row(seq2seq_models: dict[
     tok = AutoTokenizer.from_pretrained(seq2seq_models["t5"])
     with pytest.raises(DataError, match=rf"{data}:2: .*source is empty"):
         prepare_data(recipe.data, tok, "seq2seq")
+
+
+# facebook/bart-base's config.json dimensions and special ids (the rest are BartConfig's defaults).
+_BART_BASE = {"architectures": ["BartModel"], "model_type": "bart", "d_model": 768, "encoder_layers": 6,
+              "decoder_layers": 6, "encoder_attention_heads": 12, "decoder_attention_heads": 12,
+              "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072, "max_position_embeddings": 1024,
+              "is_encoder_decoder": True, "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2,
+              "decoder_start_token_id": 2, "forced_bos_token_id": 0, "forced_eos_token_id": 2, "vocab_size": 50265}
+
+
+def test_smoke_shrinks_t5_and_bart_to_small_encoder_decoders(seq2seq_models: dict[str, Path], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    from finetune.smoke.shrink import shrink
+    from tests._fake_hub import write_fake_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(write_fake_hub(tmp_path / "hf") / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    t5 = shrink("google/flan-t5-small", tmp_path / "t5")
+    saved = json.loads((t5.path / "config.json").read_text())
+    assert t5.architecture == "T5ForConditionalGeneration"
+    assert (saved["d_model"], saved["d_ff"], saved["d_kv"], saved["num_layers"], saved["num_decoder_layers"],
+            saved["num_heads"]) == (64, 128, 16, 2, 2, 4)
+    assert saved["feed_forward_proj"] == "gated-gelu" and saved["decoder_start_token_id"] == 0
+
+    bart_dir = tmp_path / "bart-base"
+    AutoTokenizer.from_pretrained(seq2seq_models["bart"]).save_pretrained(bart_dir)
+    (bart_dir / "config.json").write_text(json.dumps({**_BART_BASE, "vocab_size": 400}))
+    bart = shrink(str(bart_dir), tmp_path / "bart")
+    saved = json.loads((bart.path / "config.json").read_text())
+    assert bart.architecture == "BartForConditionalGeneration"
+    assert (saved["d_model"], saved["encoder_layers"], saved["decoder_layers"], saved["encoder_ffn_dim"],
+            saved["decoder_ffn_dim"], saved["encoder_attention_heads"]) == (64, 2, 2, 128, 128, 4)
+    assert saved["decoder_start_token_id"] == 2 and saved["eos_token_id"] == 2
