@@ -162,8 +162,8 @@ def head_problems(recipe: RecipeBase, config: dict[str, Any]) -> list[tuple[tupl
                and model_kind(o.model_head).encoder_decoder != kind.encoder_decoder]
     wanted = "an encoder-decoder model (T5, Flan-T5, BART)" if kind.encoder_decoder else "a decoder-only (causal) model"
     hint = f"; for this model use objective.kind: {fitting[0]}" if fitting else ""
-    return [(("model", "name_or_path"), f"objective.kind {recipe.objective.kind} trains {wanted}, and "
-             f"{recipe.model.name_or_path} is {found}{hint}")]
+    message = f"objective.kind {recipe.objective.kind} trains {wanted}, and {recipe.model.name_or_path} is {found}{hint}"
+    return [(("model", "name_or_path"), message)]
 
 
 def _local_config(model_dir: Path) -> dict[str, Any]:

@@ -33,7 +33,11 @@ class Seq2SeqSection(ObjectiveSection):
            config_class="transformers:Seq2SeqTrainingArguments", model_head="seq2seq_lm",
            description="Encoder-decoder SFT (T5, Flan-T5, BART): source -> target, loss on the target only.")
 def build(parts: RunParts) -> Any:
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+    )
 
     args = parts.trainer_config(Seq2SeqTrainingArguments)
     # With `model`, the collator also writes decoder_input_ids from the padded labels, the way the

@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from transformers import PretrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+    from transformers import (
+        PretrainedConfig,
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+    )
 
 # style -> (special tokens in id order, post-processing template, the named special tokens)
 _STYLES: dict[str, tuple[list[str], str, dict[str, str]]] = {
@@ -26,7 +30,14 @@ _STYLES: dict[str, tuple[list[str], str, dict[str, str]]] = {
 
 def build_seq2seq_tokenizer(corpus: Iterable[str], style: str = "t5", *, vocab_size: int = 400) -> PreTrainedTokenizerFast:
     """A byte-level BPE with T5's or BART's special tokens and post-processing (see module doc)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     if style not in _STYLES:

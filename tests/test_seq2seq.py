@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from data_templates.masking import IGNORE_INDEX, encoder_text, prompt_ids, tokenize_seq2seq
+from data_templates.masking import (
+    IGNORE_INDEX,
+    encoder_text,
+    prompt_ids,
+    tokenize_seq2seq,
+)
 from data_templates.prepare import DataError, prepare_data
 from data_templates.preview import build_preview, preview_example
 from finetune.errors import ConfigError
@@ -17,7 +22,7 @@ from finetune.model_kinds import MODEL_KINDS, kind_of_config
 from finetune.recipe.errors import RecipeError
 from finetune.recipe.loader import load_recipe
 from tests._runs import ROOT
-from tests._seq2seq import seq2seq_models, seq2seq_recipe  # noqa: F401 - seq2seq_models is a fixture
+from tests._seq2seq import seq2seq_recipe
 
 TINY_CHAT = ROOT / "examples" / "models" / "tiny-chat"
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."},
@@ -140,10 +145,10 @@ def test_causal_objective_on_an_encoder_decoder_is_refused_at_validate(
 
 def test_causal_objective_on_a_hub_encoder_decoder_is_refused_at_run_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
     from finetune.pipeline import run
     from tests._fake_hub import write_fake_hub
-
-    import huggingface_hub.constants
 
     # huggingface_hub reads HF_HOME once, at import: point its resolved cache at the fake hub.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(write_fake_hub(tmp_path / "hf") / "hub"))

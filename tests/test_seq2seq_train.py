@@ -12,7 +12,7 @@ import torch
 from finetune.generate import generate, load_for_generation
 from finetune.models import load_trained
 from tests._runs import train
-from tests._seq2seq import seq2seq_models, seq2seq_recipe  # noqa: F401 - seq2seq_models is a fixture
+from tests._seq2seq import seq2seq_recipe
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -42,7 +42,7 @@ def test_lora_learns_a_batch_changes_only_lora_and_reloads(arch: str, seq2seq_mo
     assert type(model.get_base_model()).__name__.endswith("ForConditionalGeneration")
     trained = dict(snap.model.named_parameters())
     reloaded = dict(model.named_parameters())
-    name = sorted(snap.trainable)[0]
+    name = min(snap.trainable)
     assert torch.equal(reloaded[name], trained[name].detach())  # the saved adapter is the trained one
     text = generate(model.eval(), tok, [{"role": "user", "content": "translate English to German: Thank you."}],
                     max_new_tokens=5)
