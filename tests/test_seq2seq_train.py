@@ -93,3 +93,22 @@ def test_qlora_t5_trains_and_reloads(seq2seq_models: dict[str, Path], tmp_path: 
     model, tok = load_trained(result.run_dir)  # on the unquantized base
     assert not any(p.__class__.__name__ == "Params4bit" for p in model.parameters())
     assert isinstance(generate(model.eval(), tok, [{"role": "user", "content": "Hello"}], max_new_tokens=3), str)
+
+
+def test_merged_export_is_a_plain_seq2seq_model_that_answers_as_the_adapter(seq2seq_models: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    from transformers import AutoModelForSeq2SeqLM
+
+    from finetune.export.targets import run_export
+
+    result, _ = train(seq2seq_recipe(tmp_path, seq2seq_models["t5"], steps=3), log=lambda *_: None)
+    exported = run_export(result.run_dir, "merged", dtype="float32")
+    merged = AutoModelForSeq2SeqLM.from_pretrained(exported.out).eval()
+    adapter, tok = load_trained(result.run_dir)
+    batch = tok(["translate English to German: Thank you."], return_tensors="pt")
+    labels = tok(text_target=["Vielen Dank."], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a, b = merged(**batch, labels=labels).logits, adapter.eval()(**batch, labels=labels).logits
+    # Folding the update into the weights changes float32 rounding only (these tiny models' logits reach ~1e3).
+    assert (a - b).abs().max() <= 1e-3 * a.abs().max() and torch.equal(a.argmax(-1), b.argmax(-1))
+    assert "AutoModelForSeq2SeqLM" in exported.command and "pipeline(" not in exported.command
