@@ -35,8 +35,9 @@ def generate(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new
     import torch
 
     from data_templates.masking import prompt_ids
+    from finetune.model_kinds import kind_of_config
 
-    encoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    encoder = kind_of_config(model.config.to_dict()).encoder_decoder
     ids = torch.tensor([prompt_ids(tokenizer, _prompt(tokenizer, messages, encoder), encoder=encoder)],
                        device=model.device)
     with torch.no_grad():

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from data_templates.masking import (
@@ -16,7 +17,7 @@ from data_templates.masking import (
     tokenize_seq2seq,
 )
 from data_templates.prepare import DataError, prepare_data
-from data_templates.preview import build_preview, preview_example
+from data_templates.preview import build_preview, preview_example, print_rich
 from finetune.errors import ConfigError
 from finetune.model_kinds import MODEL_KINDS, kind_of_config
 from finetune.recipe.errors import RecipeError
@@ -105,6 +106,11 @@ def test_preview_shows_untrained_source_and_trained_target(seq2seq_models: dict[
     assert first["target"]["labels"] == first["target"]["input_ids"]
     assert preview_example(preview.tokenizer, preview.data.train[1], "seq2seq")["target"]["labels"] == \
         preview.data.train[1]["labels"]
+    console = Console(record=True, width=200)
+    print_rich(preview, console)
+    shown = console.export_text()
+    assert f"example 1 source: {len(first['source']['input_ids'])} tokens, 0 trained" in shown
+    assert f"example 1 target: {len(first['target']['labels'])} tokens, {len(first['target']['labels'])} trained" in shown
 
 
 def test_model_kind_row_and_layer_pattern(seq2seq_models: dict[str, Path]) -> None:
