@@ -23,7 +23,7 @@ from finetune.model_kinds import MODEL_KINDS, kind_of_config
 from finetune.recipe.errors import RecipeError
 from finetune.recipe.loader import load_recipe
 from tests._runs import ROOT
-from tests._seq2seq import seq2seq_recipe
+from tests._seq2seq import SEQ2SEQ_DATA, seq2seq_recipe
 
 TINY_CHAT = ROOT / "examples" / "models" / "tiny-chat"
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."},
@@ -217,3 +217,26 @@ def test_smoke_shrinks_t5_and_bart_to_small_encoder_decoders(seq2seq_models: dic
     assert (saved["d_model"], saved["encoder_layers"], saved["decoder_layers"], saved["encoder_ffn_dim"],
             saved["decoder_ffn_dim"], saved["encoder_attention_heads"]) == (64, 2, 2, 128, 128, 4)
     assert saved["decoder_start_token_id"] == 2 and saved["eos_token_id"] == 2
+
+
+def test_lora_layers_pick_the_same_block_of_encoder_and_decoder(seq2seq_models: dict[str, Path]) -> None:
+    from finetune.adapters import apply_adapter
+    from finetune.recipe.schema import LoraAdapter
+
+    for arch, block in (("t5", "block"), ("bart", "layers")):
+        model = apply_adapter(AutoModelForSeq2SeqLM.from_pretrained(seq2seq_models[arch]),
+                              LoraAdapter(layers=[-1]), kind="seq2seq_lm")
+        wrapped = {n for n, p in model.named_parameters() if "lora_A" in n}
+        assert wrapped and all(f".{block}.1." in n for n in wrapped)
+        assert {n.split(f".{block}.")[0].rsplit(".", 1)[-1] for n in wrapped} == {"encoder", "decoder"}
+
+
+def test_max_length_truncates_source_and_target_each(seq2seq_models: dict[str, Path], tmp_path: Path) -> None:
+    recipe = load_recipe(seq2seq_recipe(tmp_path, seq2seq_models["t5"]), ["data.max_length=6"])
+    tok = AutoTokenizer.from_pretrained(seq2seq_models["t5"])
+    prepared = prepare_data(recipe.data, tok, "seq2seq")
+    first = json.loads(SEQ2SEQ_DATA.read_text().splitlines()[0])
+    full = tokenize_seq2seq(tok, first)
+    assert len(full["input_ids"]) > 6 and len(full["labels"]) > 6
+    assert {"input_ids": full["input_ids"][:6], "labels": full["labels"][:6]} in [dict(r) for r in prepared.train]
+    assert prepared.stats[0].truncated == prepared.stats[0].rows == 4
