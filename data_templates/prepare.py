@@ -174,8 +174,9 @@ EXAMPLE_TOKENIZERS: dict[str, Callable[[Any, dict[str, Any], str], dict[str, lis
 
 
 def truncate(tokens: dict[str, list[int]], max_length: int, policy: str) -> dict[str, list[int]] | None:
-    """Apply the truncation policy; None means the row is dropped."""
-    if len(tokens["input_ids"]) <= max_length:
+    """Apply the truncation policy to each sequence (a seq2seq target is as long as it is, not as its
+    source); None means the row is dropped."""
+    if all(len(value) <= max_length for value in tokens.values()):
         return tokens
     if policy == "drop":
         return None

@@ -16,7 +16,7 @@ from data_templates.masking import (
     prompt_ids,
     tokenize_seq2seq,
 )
-from data_templates.prepare import DataError, prepare_data
+from data_templates.prepare import DataError, prepare_data, truncate
 from data_templates.preview import build_preview, preview_example, print_rich
 from finetune.errors import ConfigError
 from finetune.model_kinds import MODEL_KINDS, kind_of_config
@@ -240,3 +240,6 @@ def test_max_length_truncates_source_and_target_each(seq2seq_models: dict[str, P
     assert len(full["input_ids"]) > 6 and len(full["labels"]) > 6
     assert {"input_ids": full["input_ids"][:6], "labels": full["labels"][:6]} in [dict(r) for r in prepared.train]
     assert prepared.stats[0].truncated == prepared.stats[0].rows == 4
+    # A short source with a long target: the target alone is cut.
+    short = truncate({"input_ids": [5, 1], "labels": list(range(10))}, 6, "keep_start")
+    assert short == {"input_ids": [5, 1], "labels": [0, 1, 2, 3, 4, 5]}
