@@ -85,6 +85,7 @@ def test_messages_data_trains(seq2seq_models: dict[str, Path], tmp_path: Path) -
     assert losses[-1] < losses[0] and snap.changed() == snap.trainable
 
 
+@pytest.mark.slow  # 1-20 s: bitsandbytes' first 4-bit load varies with the machine's load
 def test_qlora_t5_trains_and_reloads(seq2seq_models: dict[str, Path], tmp_path: Path) -> None:
     result, snap = train(seq2seq_recipe(tmp_path, seq2seq_models["t5"], adapter="qlora", steps=3),
                          log=lambda *_: None)
