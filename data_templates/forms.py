@@ -22,6 +22,9 @@ class DataForm:
     # What the run start and `ft data preview` say about this form's rows and packing, in place of
     # the notes written for token-level SFT packing and TRL-tokenized pairs; None: those notes.
     note: str | None = None
+    # How ft tokenizes an example of a tokenized form (data_templates.prepare.EXAMPLE_TOKENIZERS):
+    # "decoder" one sequence with a loss mask; "seq2seq" an encoder source and a decoder target.
+    example: str = "decoder"
 
 
 DATA_FORMS: dict[str, DataForm] = {
@@ -29,6 +32,13 @@ DATA_FORMS: dict[str, DataForm] = {
     for form in (
         DataForm("sft", ("sft", "text"), tokenized=True, packs=True, chat=True, preview="tokens",
                  description="conversations or prompt/completion pairs; SFT also trains on raw text"),
+        # Encoder-decoder SFT (T5, BART): the prompt (the conversation before the last reply) is the
+        # encoder's source, the reply is the decoder's target and every target token is trained.
+        DataForm("seq2seq", ("sft",), tokenized=True, packs=False, chat=False, preview="source_target",
+                 description="a source and its target: prompt/completion pairs, instructions, or conversations "
+                 "(the turns before the last reply -> the reply)", example="seq2seq",
+                 note="seq2seq: the source is the encoder's input (never trained), the target the decoder's "
+                 "labels (every token trained); data.max_length applies to each."),
         DataForm("text", ("text",), tokenized=True, packs=True, chat=False, preview="tokens",
                  description="raw documents, every token trained"),
         DataForm("preference", ("preference",), tokenized=False, packs=False, chat=True, preview="pair",

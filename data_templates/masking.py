@@ -170,14 +170,18 @@ def encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[Span
     return ids, offsets
 
 
-def prompt_ids(tokenizer: Any, prompt: str | list[dict[str, str]]) -> list[int]:
+def prompt_ids(tokenizer: Any, prompt: str | list[dict[str, str]], *, encoder: bool = False) -> list[int]:
     """The one function that turns a prompt into the ids a model answers: generation, PPO/GRPO
     rollouts, evaluation and previews all call it, so they agree with training.
 
     With a chat template, a text prompt is the user's message, and the template adds the assistant's
     generation prompt. Without one, the text as it is (a base model continues it, as in training);
-    a conversation then has no defined rendering and is refused.
+    a conversation then has no defined rendering and is refused. `encoder`: the source of an
+    encoder-decoder (T5, BART), rendered by `encoder_text` and tokenized with the tokenizer's own
+    special tokens (T5's closing `</s>`, BART's `<s> ... </s>`), exactly as seq2seq training does.
     """
+    if encoder:
+        return list(tokenizer(encoder_text(tokenizer, prompt))["input_ids"])
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         text = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
@@ -188,6 +192,51 @@ def prompt_ids(tokenizer: Any, prompt: str | list[dict[str, str]]) -> list[int]:
                          "model.chat_template")
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return [tokenizer.bos_token_id] + ids if _needs_bos(tokenizer, text) else ids
+
+
+def encoder_text(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
+    """An encoder-decoder's source as text: a text prompt as it is; a conversation (the turns before
+    the reply) through the tokenizer's chat template when it has one, else a lone user message as its
+    content (so it reads like a prompt_completion prompt) and longer conversations as `role: content`
+    lines (T5 and BART ship no chat template)."""
+    if isinstance(prompt, str):
+        return prompt
+    _check_messages(prompt)
+    if getattr(tokenizer, "chat_template", None):
+        return str(tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True))
+    if len(prompt) == 1 and prompt[0]["role"] == "user":
+        return prompt[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def source_target(example: dict[str, Any]) -> tuple[str | list[dict[str, str]], str]:
+    """(source, target) of a canonical sft example for an encoder-decoder. A conversation's target is
+    its last assistant reply and its source every turn before it (earlier replies are context, not
+    trained); a prompt/completion pair's target is the completion."""
+    if "messages" in example:
+        messages = example["messages"]
+        replies = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+        if not replies:
+            raise ValueError("the conversation has no assistant reply, so there is no target to train on")
+        if replies[-1] == 0:
+            raise ValueError("the assistant reply is the first message, so the source is empty; put the user turn first")
+        return list(messages[:replies[-1]]), messages[replies[-1]]["content"]
+    if "completion" in example:  # conversational pairs arrive as messages (formats._prompt_completion)
+        return example["prompt"], example["completion"]
+    raise ValueError("an encoder-decoder trains on a source and a target (prompt_completion, alpaca, messages); "
+                     "this row is plain text")
+
+
+def tokenize_seq2seq(tokenizer: Any, example: dict[str, Any]) -> dict[str, list[int]]:
+    """input_ids: the source as `prompt_ids(encoder=True)` gives it at generation; labels: the target
+    tokenized as the model's decoder expects (the tokenizer's target ids with its special tokens: T5's
+    `target </s>`, BART's `<s> target </s>`), every one trained. The model derives the decoder inputs
+    from the labels (shifted right behind its decoder start token)."""
+    source, target = source_target(example)
+    if not target.strip():
+        raise ValueError("the target is empty, so there is nothing to train on")
+    return {"input_ids": prompt_ids(tokenizer, source, encoder=True),
+            "labels": list(tokenizer(text_target=target)["input_ids"])}
 
 
 def _labels(ids: list[int], offsets: list[Span], spans: list[Span], length: int) -> list[int]:

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from typing import Any
 
 PARALLEL_MIN_ROWS = 2_000
 MAX_PROC = 8  # tokenizing scales to about this many workers before memory bandwidth and IPC dominate
-_STATE: dict[str, Any] = {}  # (tokenizer, loss_on) for forked workers
+_STATE: dict[str, Any] = {}  # (tokenizer, loss_on, tokenize) for forked workers
+# One canonical example -> its tokens: data_templates.prepare.tokenize_example, or the data form's own.
+Tokenize = Callable[[Any, dict[str, Any], str], dict[str, list[int]]]
 
 
 def default_num_proc(rows: int) -> int:
@@ -36,28 +39,30 @@ def default_num_proc(rows: int) -> int:
     return max(1, min(cores, MAX_PROC))
 
 
-def _tokenize_one(tokenizer: Any, row: dict[str, Any], loss_on: str) -> dict[str, list[int]] | str:
+def _tokenize_one(tokenizer: Any, row: dict[str, Any], loss_on: str,
+                  tokenize: Tokenize | None = None) -> dict[str, list[int]] | str:
     """Tokens, or the reason the row cannot be tokenized (a bad row)."""
     from data_templates.prepare import tokenize_example
 
     try:
-        return tokenize_example(tokenizer, row, loss_on)
+        return (tokenize or tokenize_example)(tokenizer, row, loss_on)
     except ValueError as err:
         return str(err)
 
 
 def _chunk(rows: list[dict[str, Any]]) -> list[dict[str, list[int]] | str]:
-    tokenizer, loss_on = _STATE["tokenizer"], _STATE["loss_on"]
-    return [_tokenize_one(tokenizer, row, loss_on) for row in rows]
+    tokenizer, loss_on, tokenize = _STATE["tokenizer"], _STATE["loss_on"], _STATE["tokenize"]
+    return [_tokenize_one(tokenizer, row, loss_on, tokenize) for row in rows]
 
 
 def tokenize_all(tokenizer: Any, rows: list[dict[str, Any]], loss_on: str,
-                 num_proc: int | None = None) -> list[dict[str, list[int]] | str]:
-    """Each row's tokens or bad-row reason, in row order; on `num_proc` processes (default: see above)."""
+                 num_proc: int | None = None, tokenize: Tokenize | None = None) -> list[dict[str, list[int]] | str]:
+    """Each row's tokens or bad-row reason, in row order; on `num_proc` processes (default: see above).
+    `tokenize`: the data form's example tokenizer (default: prepare.tokenize_example)."""
     procs = num_proc or default_num_proc(len(rows))
     if procs <= 1:
-        return [_tokenize_one(tokenizer, row, loss_on) for row in rows]
-    _STATE.update(tokenizer=tokenizer, loss_on=loss_on)
+        return [_tokenize_one(tokenizer, row, loss_on, tokenize) for row in rows]
+    _STATE.update(tokenizer=tokenizer, loss_on=loss_on, tokenize=tokenize)
     size = -(-len(rows) // (procs * 4))  # a few chunks per worker evens out uneven row lengths
     chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
     # Fast (Rust) tokenizers warn and fall back to one thread after a fork; the workers are the parallelism.

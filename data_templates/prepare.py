@@ -156,9 +156,27 @@ def tokenize_example(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any]
     return tokenize_text(tokenizer, example["text"])
 
 
+def _tokenize_decoder(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], loss_on: str) -> dict[str, list[int]]:
+    return tokenize_example(tokenizer, example, loss_on)  # looked up when called, so it can be wrapped
+
+
+def _tokenize_seq2seq(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], loss_on: str) -> dict[str, list[int]]:
+    from data_templates.masking import tokenize_seq2seq
+
+    return tokenize_seq2seq(tokenizer, example)  # the whole target is trained: loss_on does not apply
+
+
+# A tokenized data form's `example` -> how one canonical example becomes its tokens.
+EXAMPLE_TOKENIZERS: dict[str, Callable[[Any, dict[str, Any], str], dict[str, list[int]]]] = {
+    "decoder": _tokenize_decoder,
+    "seq2seq": _tokenize_seq2seq,
+}
+
+
 def truncate(tokens: dict[str, list[int]], max_length: int, policy: str) -> dict[str, list[int]] | None:
-    """Apply the truncation policy; None means the row is dropped."""
-    if len(tokens["input_ids"]) <= max_length:
+    """Apply the truncation policy to each sequence (a seq2seq target is as long as it is, not as its
+    source); None means the row is dropped."""
+    if all(len(value) <= max_length for value in tokens.values()):
         return tokens
     if policy == "drop":
         return None
@@ -167,15 +185,18 @@ def truncate(tokens: dict[str, list[int]], max_length: int, policy: str) -> dict
 
 
 def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: list[Row], data: DataSection,
-                  loss_on: str, stats: DatasetStats) -> list[dict[str, list[int]]]:
-    """Tokenized, truncated examples; counts truncated and dropped rows into `stats`."""
-    if not getattr(tokenizer, "chat_template", None) and any("messages" in row for _, row in rows):
+                  loss_on: str, stats: DatasetStats, form: str = "sft") -> list[dict[str, list[int]]]:
+    """Tokenized, truncated examples; counts truncated and dropped rows into `stats`. An
+    encoder-decoder's (seq2seq) source and target are each truncated to data.max_length."""
+    chat = data_form(form).chat
+    if chat and not getattr(tokenizer, "chat_template", None) and any("messages" in row for _, row in rows):
         # A setup problem, not a bad row: say it once instead of for every row.
         raise DataError(f"{stats.name}: the rows are conversations, but the tokenizer has no chat template; set "
                         "model.chat_template (chatml, llama3, mistral, gemma, phi3, alpaca, completion or a "
                         ".jinja file)")
     out = []
-    for (origin, _), tokens in zip(rows, parallel.tokenize_all(tokenizer, [row for _, row in rows], loss_on)):
+    for (origin, _), tokens in zip(rows, parallel.tokenize_all(
+            tokenizer, [row for _, row in rows], loss_on, tokenize=EXAMPLE_TOKENIZERS[data_form(form).example])):
         if isinstance(tokens, str):  # the template cannot render this row, or it has nothing to train on
             _bad_row(stats, data.bad_rows, str(origin), tokens)
             continue
@@ -183,7 +204,7 @@ def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: list[Row], data: Dat
         if kept is None or all(label == -100 for label in kept["labels"]):
             stats.dropped += 1  # nothing left to learn from in this row
             continue
-        stats.truncated += len(kept["input_ids"]) < len(tokens["input_ids"])
+        stats.truncated += any(len(kept[k]) < len(tokens[k]) for k in kept)
         stats.lengths.append(len(kept["input_ids"]))
         out.append(kept)
     stats.rows = len(out) + stats.dropped
@@ -228,7 +249,7 @@ def load_one(spec: DatasetSpec, name: str, data: DataSection, tokenizer: PreTrai
     rows = canonical_rows(spec, data.bad_rows, stats, check_row)
     if not stats.tokenized:
         return to_dataset([row for _, row in rows], name), stats
-    dataset = to_dataset(tokenize_rows(tokenizer, rows, data, loss_on, stats), name)
+    dataset = to_dataset(tokenize_rows(tokenizer, rows, data, loss_on, stats, form), name)
     if key:
         dataset = cache.store(key, dataset, {"stats": stats.to_meta(), "source": spec.path})
     return dataset, stats

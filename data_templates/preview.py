@@ -2,7 +2,8 @@
 
 The examples come from `finetune.pipeline.load_data`, the function that feeds the trainer, so
 the preview cannot drift from training. For sft and text data they are the trainer's rows
-themselves (`input_ids`, `labels`), with the decoded `text` added. Preference and unpaired rows
+themselves (`input_ids`, `labels`), with the decoded `text` added; for seq2seq the row's source
+(the encoder's input) and target (the labels) are shown as two sequences. Preference and unpaired rows
 go to the trainer as canonical text (TRL tokenizes them itself); the preview tokenizes them with
 ft's masking functions: prompt + answer, loss on the answer only. Prompt-only rows are shown as
 the generating objectives render their prompts, with no loss.
@@ -70,6 +71,9 @@ _PREVIEWS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "prompt": lambda tok, row: {"prompt": _prompt(tok, row["prompt"]), **{k: v for k, v in row.items() if k != "prompt"}},
     "classification": lambda tok, row: {**_classified(tok, row), "label": row["label"]},
     "masked": lambda tok, row: _maskable(tok, row),
+    # An encoder-decoder's row: the encoder's source (no loss) and the decoder's target (all trained).
+    "source_target": lambda tok, row: {"source": tokens(tok, row["input_ids"], [IGNORE_INDEX] * len(row["input_ids"])),
+                                       "target": tokens(tok, row["labels"], row["labels"])},
 }
 
 

@@ -21,24 +21,29 @@ def load_for_generation(path: str | Path) -> tuple[Any, Any]:
     return model.to(device).eval(), tokenizer
 
 
-def _prompt(tokenizer: Any, messages: list[dict[str, str]]) -> Any:
-    """The conversation, or for a base model without a template the plain text it was trained on."""
-    if getattr(tokenizer, "chat_template", None):
+def _prompt(tokenizer: Any, messages: list[dict[str, str]], encoder: bool) -> Any:
+    """The conversation, or for a base model without a template the plain text it was trained on. An
+    encoder-decoder's source renders the conversation itself (data_templates.masking.encoder_text)."""
+    if encoder or getattr(tokenizer, "chat_template", None):
         return messages
     return "\n".join(m["content"] for m in messages)
 
 
 def generate(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int = 128) -> str:
-    """The greedy completion of the conversation's next assistant turn."""
+    """The greedy completion of the conversation's next assistant turn. An encoder-decoder (T5, BART)
+    reads the conversation as its encoder input, as in training, and its output holds no prompt."""
     import torch
 
     from data_templates.masking import prompt_ids
+    from finetune.model_kinds import kind_of_config
 
-    ids = torch.tensor([prompt_ids(tokenizer, _prompt(tokenizer, messages))], device=model.device)
+    encoder = kind_of_config(model.config.to_dict()).encoder_decoder
+    ids = torch.tensor([prompt_ids(tokenizer, _prompt(tokenizer, messages, encoder), encoder=encoder)],
+                       device=model.device)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids(tokenizer))
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    return tokenizer.decode(out[0, 0 if encoder else ids.shape[1]:], skip_special_tokens=True).strip()
 
 
 def stop_ids(tokenizer: Any) -> list[int]:

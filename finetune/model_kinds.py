@@ -29,6 +29,9 @@ class ModelKind:
     # Blocks are named `...layers.<i>.` (Llama, Qwen, Mistral, Gemma, Phi-3) or `...h.<i>.` (GPT-2
     # style); the index is what `trainable_layers` and `adapter.layers` refer to.
     layer_pattern: re.Pattern[str]
+    # The weights are an encoder and a decoder (T5, BART): the prompt is the encoder's input and the
+    # generated ids hold no copy of it. A whole saved model's config says which (`is_encoder_decoder`).
+    encoder_decoder: bool = False
 
     def auto(self) -> Any:
         return _attr(self.auto_class)
@@ -39,6 +42,9 @@ class ModelKind:
 
 # `encoder.layer.<i>.` for BERT-style encoders.
 _DECODER_LAYERS = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
+# T5's `encoder.block.<i>.` / `decoder.block.<i>.` (whose `layer.<j>.` are sub-layers, not blocks) and
+# BART's `encoder.layers.<i>.` / `decoder.layers.<i>.`: index i is block i of the encoder and of the decoder.
+_SEQ2SEQ_BLOCKS = re.compile(r"\.(?:block|layers)\.(\d+)\.")
 
 MODEL_KINDS: dict[str, ModelKind] = {
     kind.name: kind
@@ -51,6 +57,8 @@ MODEL_KINDS: dict[str, ModelKind] = {
         # Masked-LM runs end merged (finetune.mlm), so a saved adapter of this kind is never looked up.
         ModelKind("masked_lm", "transformers:AutoModelForMaskedLM", None, "peft:AutoPeftModel",
                   "transformers:AutoTokenizer", generates=False, layer_pattern=_DECODER_LAYERS),
+        ModelKind("seq2seq_lm", "transformers:AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", "peft:AutoPeftModelForSeq2SeqLM",
+                  "transformers:AutoTokenizer", generates=True, layer_pattern=_SEQ2SEQ_BLOCKS, encoder_decoder=True),
     )
 }
 
@@ -67,6 +75,27 @@ def kind_of_task_type(task_type: str | None) -> ModelKind:
         if kind.peft_task_type is not None and kind.peft_task_type == task_type:
             return kind
     return MODEL_KINDS["causal_lm"]  # PEFT leaves task_type empty for plain causal-LM adapters at times
+
+
+def kind_of_config(config: dict[str, Any]) -> ModelKind:
+    """The generating kind a whole saved model loads as, from its config.json: an encoder-decoder
+    (T5, BART) as seq2seq_lm, anything else as causal_lm (the first generating row of its shape)."""
+    wanted = bool(config.get("is_encoder_decoder"))
+    return next(k for k in MODEL_KINDS.values() if k.generates and k.encoder_decoder == wanted)
+
+
+def head_mismatch(kind: ModelKind, config: dict[str, Any]) -> str | None:
+    """Why a model whose config.json is `config` cannot be trained as `kind`, or None. Only the
+    generating kinds are told apart here: a decoder-only config has no seq2seq head and an
+    encoder-decoder config no causal one (transformers would fail later with "Unrecognized
+    configuration class")."""
+    if not kind.generates or not config:
+        return None
+    is_ed = bool(config.get("is_encoder_decoder"))
+    if is_ed == kind.encoder_decoder:
+        return None
+    archs = ", ".join(config.get("architectures") or []) or str(config.get("model_type", "unknown"))
+    return (f"an encoder-decoder model ({archs})" if is_ed else f"a decoder-only model ({archs})")
 
 
 def _attr(path: str) -> Any:

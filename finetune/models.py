@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from finetune.errors import ConfigError, FtError
 from finetune.hardware import Hardware, resolve_dtype
-from finetune.model_kinds import MODEL_KINDS, ModelKind, kind_of_task_type, model_kind
+from finetune.model_kinds import (
+    ModelKind,
+    kind_of_config,
+    kind_of_task_type,
+    model_kind,
+)
 from finetune.recipe.schema import ModelSection, QLoraAdapter
 
 if TYPE_CHECKING:
@@ -212,6 +217,16 @@ def adapter_kind(adapter_dir: str | Path) -> ModelKind:
     return kind_of_task_type(config.get("task_type"))
 
 
+def saved_kind(model_dir: str | Path) -> ModelKind:
+    """The generating kind a whole saved model is (an encoder-decoder's config says so), for loaders
+    not told the kind."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}  # loading reports an unreadable config, naming the file
+    return kind_of_config(config if isinstance(config, dict) else {})
+
+
 def load_trained(path: str | Path, *, kind: str | None = None, dtype: str = "float32", merge: bool = False,
                  num_labels: int | None = None, trust_remote_code: bool = False,
                  with_tokenizer: bool = True) -> tuple[Any, Any]:
@@ -232,7 +247,7 @@ def load_trained(path: str | Path, *, kind: str | None = None, dtype: str = "flo
     base_path = json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] if adapter else None
     # An adapter's tokenizer says how many embedding rows its base needs; a whole model needs none.
     tokenizer = _tokenizer(final, base_path, trust_remote_code) if with_tokenizer or adapter else None
-    chosen = model_kind(kind) if kind else adapter_kind(final) if adapter else MODEL_KINDS["causal_lm"]
+    chosen = model_kind(kind) if kind else adapter_kind(final) if adapter else saved_kind(final)
     kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype),
                               "trust_remote_code": trust_remote_code}
     if not adapter:

@@ -168,9 +168,11 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     set_seed(recipe.seed)
 
     from finetune.models import check_model_files, load_tokenizer
+    from finetune.preflight import check_model_head
 
     check_model_files(recipe.model)  # fail in a second, not after the data is tokenized
-    tokenizer = load_tokenizer(recipe.model)
+    tokenizer = load_tokenizer(recipe.model)  # (offline for a Hub id that is not local: see finetune.hub)
+    check_model_head(recipe)
     template = setup_template(tokenizer, recipe, objective)
     data = load_data(recipe, tokenizer, objective)
     if is_main_process():

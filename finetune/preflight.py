@@ -147,10 +147,40 @@ def _layer(recipe: RecipeBase) -> re.Pattern[str]:
     return model_kind(get_objective(recipe.objective.kind).model_head).layer_pattern
 
 
+def head_problems(recipe: RecipeBase, config: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """A generating objective on the wrong shape of model (`config`: its config.json): seq2seq on a
+    decoder-only model, or a causal objective (sft, dpo, ...) on an encoder-decoder (T5, BART). At
+    `ft validate` for a local model, and at run start with the Hub config (finetune.pipeline)."""
+    from finetune.model_kinds import head_mismatch, model_kind
+    from finetune.registry import get_objective, objectives
+
+    kind = model_kind(get_objective(recipe.objective.kind).model_head)
+    found = head_mismatch(kind, config)
+    if found is None:
+        return []
+    fitting = [o.kind for o in objectives().values() if model_kind(o.model_head).generates
+               and model_kind(o.model_head).encoder_decoder != kind.encoder_decoder]
+    wanted = "an encoder-decoder model (T5, Flan-T5, BART)" if kind.encoder_decoder else "a decoder-only (causal) model"
+    hint = f"; for this model use objective.kind: {fitting[0]}" if fitting else ""
+    message = f"objective.kind {recipe.objective.kind} trains {wanted}, and {recipe.model.name_or_path} is {found}{hint}"
+    return [(("model", "name_or_path"), message)]
+
+
+def _local_config(model_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # no or an unreadable config: reported where the model loads, naming the file
+    return data if isinstance(data, dict) else {}
+
+
 def _model_problems(recipe: RecipeBase, at: At, pending: frozenset[str]) -> list[Problem]:
     path = Path(recipe.model.name_or_path).expanduser()
     if recipe.model.name_or_path in pending or not path.is_dir():
         return []
+    mismatch = [at(key, message) for key, message in head_problems(recipe, _local_config(path))]
+    if mismatch:
+        return mismatch  # the layer and module checks below read the model as the wrong kind
     layers, modules = model_modules(path)
     if layers is None and modules:
         indices = {int(m.group(1)) for name in modules if (m := _layer(recipe).search("." + name))}
@@ -219,3 +249,24 @@ def check_run_start(spec: Any, recipes: list[RecipeBase], recipe_path: Path, *, 
     for recipe in recipes:
         check_output_path(Path(recipe.output_dir).expanduser().resolve())
     check_hardware(recipes)
+
+
+def check_model_head(recipe: RecipeBase) -> None:
+    """At run start, before the data is tokenized: `head_problems` for a Hub model too, with the
+    config.json transformers resolves (the Hub cache offline). A LoRA run named as the model is merged
+    first and checked as it loads; a config that does not load is reported where the model loads."""
+    from transformers import AutoConfig
+
+    from finetune.models import is_adapter_dir, model_location
+
+    location = model_location(recipe.model)
+    if is_adapter_dir(location):
+        return
+    try:
+        config = AutoConfig.from_pretrained(location, revision=recipe.model.revision,
+                                            trust_remote_code=recipe.model.trust_remote_code).to_dict()
+    except (OSError, ValueError, KeyError):
+        return
+    problems = head_problems(recipe, config)
+    if problems:
+        raise ConfigError("\n".join(f"{'.'.join(map(str, key))}: {message}" for key, message in problems))

@@ -89,10 +89,39 @@ def write_encoder(root: Path, name: str, config: dict) -> Path:
     return snapshot
 
 
+# google/flan-t5-small's config.json values (the seq2seq_lora recipe's encoder-decoder), as published
+# (its task_specific_params, generation-time prompt presets, left out).
+_FLAN_T5_SMALL = {
+    "architectures": ["T5ForConditionalGeneration"], "d_ff": 1024, "d_kv": 64, "d_model": 512,
+    "decoder_start_token_id": 0, "dense_act_fn": "gelu_new", "dropout_rate": 0.1, "eos_token_id": 1,
+    "feed_forward_proj": "gated-gelu", "initializer_factor": 1.0, "is_encoder_decoder": True, "is_gated_act": True,
+    "layer_norm_epsilon": 1e-06, "model_type": "t5", "n_positions": 512, "num_decoder_layers": 8, "num_heads": 6,
+    "num_layers": 8, "output_past": True, "pad_token_id": 0, "relative_attention_max_distance": 128,
+    "relative_attention_num_buckets": 32, "tie_word_embeddings": False, "torch_dtype": "float32", "use_cache": True,
+    "vocab_size": 32128,
+}
+
+
+def write_seq2seq(root: Path, name: str, config: dict) -> Path:
+    """A T5-style entry: a tiny tokenizer with T5's <pad> </s> <unk> at ids 0-2 and `text </s>` encoding."""
+    from finetune.tiny_seq2seq import build_seq2seq_tokenizer
+
+    snapshot = root / "hub" / f"models--{name.replace('/', '--')}" / "snapshots" / REVISION
+    tokenizer = build_seq2seq_tokenizer(CORPUS, "t5")
+    tokenizer.save_pretrained(snapshot)
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "decoder_start_token_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)}
+    (snapshot / "config.json").write_text(json.dumps({**config, **ids}, indent=2))
+    (snapshot.parent.parent / "refs").mkdir(parents=True, exist_ok=True)
+    (snapshot.parent.parent / "refs" / "main").write_text(REVISION)
+    return snapshot
+
+
 def write_fake_hub(root: Path) -> Path:
     """HF_HOME with every Hub model of the shipped recipes; returns root."""
     for name, (overrides, eos) in MODELS.items():
         write_model(root, name, {**_QWEN25_05B, **overrides}, eos)
     write_model(root, "Qwen/Qwen1.5-MoE-A2.7B-Chat", _QWEN15_MOE, "<|im_end|>")
     write_encoder(root, "google-bert/bert-base-uncased", _BERT_BASE)
+    write_seq2seq(root, "google/flan-t5-small", _FLAN_T5_SMALL)
     return root

@@ -42,7 +42,7 @@ from finetune.tiny import build_tiny_model, build_tokenizer  # noqa: E402
 from tests._tokenizers import QWEN25_TEMPLATE  # noqa: E402
 
 # Shared fixtures of the alignment and data tests, registered for every test module.
-pytest_plugins = ["tests._align_helpers", "tests._data"]
+pytest_plugins = ["tests._align_helpers", "tests._data", "tests._seq2seq"]
 
 ROOT = Path(__file__).resolve().parents[1]
 

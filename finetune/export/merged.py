@@ -69,6 +69,17 @@ def export_merged(run_dir: Path, out: Path, dtype: str | None = None) -> None:
     save_merged(model, tokenizer, out)
 
 
-def transformers_command(model_dir: Path) -> str:
-    return (f"python -c \"from transformers import pipeline; "
-            f"print(pipeline('text-generation', model='{model_dir}')([{{'role': 'user', 'content': 'Hello'}}]))\"")
+def transformers_command(model_dir: Path, written: Path | None = None) -> str:
+    """A one-line check that the export in `model_dir` loads and answers (`written`: where its files
+    are now, before they move there). transformers 5 has no pipeline for encoder-decoders
+    (text2text-generation is gone): those load with their Auto class and generate from the prompt."""
+    from finetune.models import saved_kind
+
+    kind = saved_kind(written or model_dir)
+    if not kind.encoder_decoder:
+        return (f"python -c \"from transformers import pipeline; "
+                f"print(pipeline('text-generation', model='{model_dir}')([{{'role': 'user', 'content': 'Hello'}}]))\"")
+    auto = kind.auto_class.partition(":")[2]
+    return (f"python -c \"from transformers import AutoTokenizer, {auto}; t = AutoTokenizer.from_pretrained('{model_dir}'); "
+            f"m = {auto}.from_pretrained('{model_dir}'); "
+            f"print(t.decode(m.generate(**t('Hello', return_tensors='pt'))[0], skip_special_tokens=True))\"")

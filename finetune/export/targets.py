@@ -48,7 +48,7 @@ Fill = Callable[[ExportJob, Path], tuple[str, list[str]]]  # (job, tmp dir) -> (
 
 def _merged(job: ExportJob, tmp: Path) -> tuple[str, list[str]]:
     merged.export_merged(job.run_dir, tmp, job.dtype)
-    return merged.transformers_command(job.out), []
+    return merged.transformers_command(job.out, tmp), []
 
 
 def _engine(engine: str) -> Fill:

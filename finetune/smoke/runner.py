@@ -20,7 +20,10 @@ MAX_LENGTH = 128  # tokens per example in a smoke run
 LEARN_STEPS = 6
 LEARN_ROWS = 4
 # Objectives whose loss on one repeated batch must fall; RL objectives' losses are sampled, not fitted.
-FITS_A_BATCH = {"sft": True, "pretrain": True, "dpo": True, "kto": True, "reward": True, "ppo": False, "grpo": False}
+# Objectives whose loss on one repeated batch need not fall, and why; every other one must fit it.
+NO_FIXED_BATCH = {"ppo": "its loss comes from sampled rollouts, not a fixed batch",
+                  "grpo": "its loss comes from sampled rollouts, not a fixed batch",
+                  "mlm": "its masked tokens are drawn anew for every batch"}
 # Rollout sizes an RL objective is capped at: sampling and re-optimising long responses exercises no
 # wiring that a few tokens and one pass do not, and it is most of an RL stage's time on a CPU.
 ROLLOUT_CAPS = {"response_length": 8, "max_completion_length": 8, "num_ppo_epochs": 1}
@@ -32,15 +35,17 @@ class _Shrinker:
     def __init__(self, work: Path, steps: int, rows: int, report: SmokeReport, old_root: Path | None) -> None:
         self.work, self.steps, self.rows, self.report = work, steps, rows, report
         self.old_root, self.new_root = old_root, work / "runs"
-        self.models: dict[tuple[str, str], ShrunkModel] = {}
+        self.models: dict[tuple[str, str | None], ShrunkModel] = {}
 
-    def model(self, name: str, revision: str | None, head: str = "causal_lm") -> str:
+    def model(self, name: str, revision: str | None, head: str | None = None) -> str:
         key = (name, head)
         if key not in self.models:
-            shrunk = shrink(name, self.work / "models" / f"{len(self.models)}-{head}", revision=revision, head=head)
+            # head None: the generating kind the config is (a causal LM, or an encoder-decoder such as T5).
+            out = self.work / "models" / f"{len(self.models)}-{head or 'model'}"
+            shrunk = shrink(name, out, revision=revision, head=head)
             self.models[key] = shrunk
-            self.report.models.append(f"{name} -> {shrunk.architecture} ({head}), {shrunk.parameters:,} parameters, "
-                                      f"vocabulary {shrunk.vocab_size:,}")
+            self.report.models.append(f"{name} -> {shrunk.architecture} ({head or 'its own head'}), "
+                                      f"{shrunk.parameters:,} parameters, vocabulary {shrunk.vocab_size:,}")
         return str(self.models[key].path)
 
     def _moved(self, node: Any) -> Any:
@@ -185,12 +190,13 @@ def smoke_stage(stage: str, recipe: RecipeBase, work: Path, steps: int) -> list[
     found += [checks.check_loss_finite(stage, result.metrics), watch.check(stage),
               checks.check_final(stage, result.final_dir, head), checks.check_files(stage, result.run_dir)]
     found += _exports(stage, recipe, result.run_dir)
-    if FITS_A_BATCH.get(recipe.objective.kind, False):
+    why_not = NO_FIXED_BATCH.get(recipe.objective.kind)
+    if why_not is None:
         learned, _, failed = _train(stage, fixed_batch(recipe, work / "fixed-batch" / stage), notes)
         found.append(failed or checks.check_learns(stage, learned.metrics, LEARN_STEPS))
     else:
         found.append(Check(stage, "learns: loss goes down on a fixed batch", "skip",
-                           f"{recipe.objective.kind}: its loss comes from sampled rollouts, not a fixed batch"))
+                           f"{recipe.objective.kind}: {why_not}"))
     return found
 
 

@@ -25,6 +25,11 @@ SMALL_DIMS: dict[str, int] = {
     "head_dim": 16, "num_local_experts": 4, "num_experts": 4, "num_experts_per_tok": 2,
     "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64, "max_window_layers": 2,
     "first_k_dense_replace": 0,
+    # Encoder-decoders: T5 (d_model, d_ff, d_kv, num_layers, num_decoder_layers, num_heads) and BART
+    # (d_model, encoder_/decoder_layers, _ffn_dim, _attention_heads).
+    "d_model": 64, "d_ff": 128, "d_kv": 16, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4,
+    "encoder_layers": 2, "decoder_layers": 2, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
+    "encoder_attention_heads": 4, "decoder_attention_heads": 4,
 }
 
 
@@ -108,16 +113,18 @@ def small_config(src: Path) -> Any:
     return config
 
 
-def shrink(name_or_path: str, out: Path, *, revision: str | None = None, head: str = "causal_lm",
+def shrink(name_or_path: str, out: Path, *, revision: str | None = None, head: str | None = None,
            seed: int = 0) -> ShrunkModel:
-    """Save a randomly initialised small copy of `name_or_path` (its `head`) with its real tokenizer."""
+    """Save a randomly initialised small copy of `name_or_path` (its `head`; default: the generating
+    kind its config is, a causal LM or an encoder-decoder) with its real tokenizer."""
     import torch
     from transformers import AutoTokenizer
 
-    from finetune.model_kinds import model_kind
+    from finetune.model_kinds import kind_of_config, model_kind
 
     src = source_dir(name_or_path, revision)
     config = small_config(src)
+    head = head or kind_of_config(config.to_dict()).name
     if head == "sequence_classification":
         config.num_labels = 1
     with torch.random.fork_rng(devices=[]):
