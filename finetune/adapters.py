@@ -104,7 +104,7 @@ def expert_parameters(model: Any, layer: re.Pattern[str], layers: list[int] | No
     return sorted(found)
 
 
-def _targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str], experts: list[str]) -> str | list[str]:
+def _targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str]) -> str | list[str]:
     """What LoraConfig.target_modules gets. The shorthand `all-linear` is spelled out (the names of the
     linear modules inside decoder layers, routers left out) where PEFT would mishandle it: with `layers`
     (PEFT refuses layers_to_transform with it), and on a model with fused experts, where PEFT's
@@ -113,7 +113,7 @@ def _targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str], experts: 
     names = target_names(adapter.target_modules)
     if isinstance(adapter.target_modules, str) and isinstance(names, list):
         return _present(names, model)
-    if names != "all-linear" or (adapter.layers is None and not experts):
+    if names != "all-linear" or (adapter.layers is None and not expert_parameters(model, layer)):
         return names
     import torch
     from transformers.pytorch_utils import Conv1D
@@ -217,7 +217,7 @@ def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, kind: ModelKind
     # PEFT warns when exclude_modules matches nothing: name routers only where the model has one.
     has_router = any(re.fullmatch(ROUTERS, "." + name) for name, _ in model.named_modules())
     experts = _expert_targets(adapter, model, kind.layer_pattern)
-    modules = _targets(adapter, model, kind.layer_pattern, experts)
+    modules = _targets(adapter, model, kind.layer_pattern)
     if modules == [] and not experts:
         raise ConfigError(f"adapter.target_modules: {adapter.target_modules} matches no module of the model; "
                           f"choose another preset or list module names")
