@@ -13,7 +13,12 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
-from finetune.tiny import build_tiny_encoder, build_tiny_model, build_tokenizer, build_wordpiece_tokenizer
+from finetune.tiny import (
+    build_tiny_encoder,
+    build_tiny_model,
+    build_tokenizer,
+    build_wordpiece_tokenizer,
+)
 from tests._runs import CHAT_DATA, TEXT_DATA
 
 TEXTS = [json.loads(line)["text"] for line in TEXT_DATA.read_text().splitlines()]
