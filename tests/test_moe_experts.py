@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
 
+from cli import app
 from finetune.adapters import apply_adapter
 from finetune.models import load_trained, merge_adapter
 from finetune.plan import architecture, read_config
@@ -66,9 +68,13 @@ def test_expert_lora_trains_the_experts_and_merges_into_the_fused_weights(arch: 
     assert delta.abs().max() > 0, "the expert deltas are folded into the fused weights"
     torch.testing.assert_close(merged.model.layers[0].mlp.gate.weight, base.model.layers[0].mlp.gate.weight)
 
-    out = merge_adapter(str(result.final_dir), tmp_path / "merged")  # what export merged and later stages load
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
-    torch.testing.assert_close(_logits(reloaded, tokenizer), _logits(adapted, tokenizer), atol=1e-4, rtol=0)
+    out = merge_adapter(str(result.final_dir), tmp_path / "merged")  # what a next stage trains on
+    exported = CliRunner().invoke(app, ["export", str(result.run_dir), "--to", "merged", "--out",
+                                        str(tmp_path / "export"), "--dtype", "float32"])
+    assert exported.exit_code == 0, exported.output
+    for saved in (out, tmp_path / "export"):  # saved with per-expert names, fused again on load
+        reloaded = AutoModelForCausalLM.from_pretrained(saved)
+        torch.testing.assert_close(_logits(reloaded, tokenizer), _logits(adapted, tokenizer), atol=1e-4, rtol=0)
 
 
 def _adapted(model: Any) -> set[str]:
