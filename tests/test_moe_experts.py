@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from finetune.adapters import apply_adapter
+from finetune.export.serving import why_merged
 from finetune.models import load_trained, merge_adapter
 from finetune.plan import architecture, read_config
 from finetune.plan_memory import Setup, estimate
@@ -72,6 +73,7 @@ def test_expert_lora_trains_the_experts_and_merges_into_the_fused_weights(arch: 
     exported = CliRunner().invoke(app, ["export", str(result.run_dir), "--to", "merged", "--out",
                                         str(tmp_path / "export"), "--dtype", "float32"])
     assert exported.exit_code == 0, exported.output
+    assert "fused mixture-of-experts weights" in why_merged("vllm", result.final_dir)
     for saved in (out, tmp_path / "export"):  # saved with per-expert names, fused again on load
         reloaded = AutoModelForCausalLM.from_pretrained(saved)
         torch.testing.assert_close(_logits(reloaded, tokenizer), _logits(adapted, tokenizer), atol=1e-4, rtol=0)
