@@ -87,21 +87,47 @@ def expert_parameters(model: Any, layer: re.Pattern[str], layers: list[int] | No
     3D nn.Parameter per projection (experts x out x in) on an experts module, which target_modules cannot
     reach. Found by shape, not by architecture name: a 3D parameter inside a decoder layer held by a
     model's own module (a torch module's 3D weight, a Conv1d's, is no expert stack). Routers are 2D.
-    Names are relative to the layer (`mlp.experts.gate_up_proj`), or full when `layers` selects layers:
-    PEFT applies layers_to_transform to modules only, so the layer choice is spelled into the names.
     """
-    owners = {name: module for name, module in model.named_modules()}
-    found = set()
-    for name, param in model.named_parameters():
-        owner = owners.get(name.rpartition(".")[0])
-        match = layer.search("." + name)
-        if param.ndim != 3 or match is None or type(owner).__module__.startswith("torch."):
-            continue
-        if layers is None:
-            found.add(("." + name)[match.end():])
-        elif int(match.group(1)) in layers:
-            found.add(name)
-    return sorted(found)
+    owners = dict(model.named_modules())
+    found = {_parameter_name(name, layer, layers) for name, param in model.named_parameters()
+             if param.ndim == 3 and not type(owners.get(name.rpartition(".")[0])).__module__.startswith("torch.")}
+    return sorted(found - {None})
+
+
+def _parameter_name(name: str, layer: re.Pattern[str], layers: list[int] | None) -> str | None:
+    """A parameter inside a decoder layer as target_parameters names it: relative to the layer
+    (`mlp.experts.gate_up_proj`, so one name serves every layer), or in full when `layers` selects
+    layers (PEFT applies layers_to_transform to modules only); None outside the chosen layers."""
+    match = layer.search("." + name)
+    if match is None:
+        return None
+    if layers is None:
+        return ("." + name)[match.end():]
+    return name if int(match.group(1)) in layers else None
+
+
+def _listed_parameters(names: list[str], model: Any, layer: re.Pattern[str],
+                       layers: list[int] | None) -> tuple[list[str], list[str]]:
+    """(module names, parameter names) of a target_modules list. A listed module that PEFT cannot wrap
+    but that holds weights of its own is targeted by its weights: transformers 5's routers (`gate` of
+    Mixtral/OLMoE/Qwen-MoE, a plain weight, put LoRA on only when listed) and `experts` (the fused
+    expert weights)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    wrappable = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, Conv1D,
+                 torch.nn.MultiheadAttention)
+    modules, parameters = [], set()
+    for target in names:
+        found = [(name, module) for name, module in model.named_modules()
+                 if name == target or name.endswith("." + target)]
+        own = [f"{name}.{p}" for name, module in found for p, _ in module.named_parameters(recurse=False)]
+        if found and own and not any(isinstance(module, wrappable) for _, module in found):
+            parameters |= {_parameter_name(name, layer, layers) or name for name in own
+                           if layers is None or _parameter_name(name, layer, layers)}
+        else:
+            modules.append(target)
+    return modules, sorted(parameters)
 
 
 def _targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str]) -> str | list[str]:
@@ -113,6 +139,8 @@ def _targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str]) -> str | 
     names = target_names(adapter.target_modules)
     if isinstance(adapter.target_modules, str) and isinstance(names, list):
         return _present(names, model)
+    if isinstance(names, list):
+        return _listed_parameters(names, model, layer, _layer_indices(adapter.layers, model, layer))[0]
     if names != "all-linear" or (adapter.layers is None and not expert_parameters(model, layer)):
         return names
     import torch
@@ -131,12 +159,20 @@ def _present(names: list[str], model: Any) -> list[str]:
     return [name for name in names if name in leaves]
 
 
-def _expert_targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str]) -> list[str]:
-    """The fused expert weights the adapter's preset puts LoRA on; [] for a dense model or a list."""
-    preset = adapter.target_modules if isinstance(adapter.target_modules, str) else None
+def _parameter_targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str]) -> list[str]:
+    """LoraConfig.target_parameters: the fused expert weights a preset includes, or the weights of the
+    listed modules PEFT cannot wrap; [] for a dense model."""
+    indices = _layer_indices(adapter.layers, model, layer)
+    if isinstance(adapter.target_modules, list):
+        listed = _listed_parameters(adapter.target_modules, model, layer, indices)[1]
+        if listed and adapter.dora:
+            raise ConfigError(f"adapter.dora: PEFT cannot put DoRA on {listed} (weights, not linear modules); "
+                              f"set dora: false or leave them out of target_modules")
+        return listed
+    preset = adapter.target_modules
     if preset not in WITH_EXPERTS:
         return []
-    experts = expert_parameters(model, layer, _layer_indices(adapter.layers, model, layer))
+    experts = expert_parameters(model, layer, indices)
     if preset == "experts" and not experts:
         raise ConfigError("adapter.target_modules: experts: the model has no fused mixture-of-experts weights "
                           "(3D expert parameters such as mlp.experts.gate_up_proj); use mlp, all-linear or "
@@ -216,7 +252,7 @@ def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, kind: ModelKind
         model.enable_input_require_grads()
     # PEFT warns when exclude_modules matches nothing: name routers only where the model has one.
     has_router = any(re.fullmatch(ROUTERS, "." + name) for name, _ in model.named_modules())
-    experts = _expert_targets(adapter, model, kind.layer_pattern)
+    experts = _parameter_targets(adapter, model, kind.layer_pattern)
     modules = _targets(adapter, model, kind.layer_pattern)
     if modules == [] and not experts:
         raise ConfigError(f"adapter.target_modules: {adapter.target_modules} matches no module of the model; "
@@ -239,8 +275,8 @@ def _module_dropout(model: Any, p: float) -> None:
         if isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper):
             for name in module.lora_dropout:
                 module.lora_dropout[name] = torch.nn.Dropout(p)
-    notice(f"adapter.dropout {p:g} applies to the LoRA modules but not to the fused expert weights, where "
-           f"PEFT cannot apply dropout")
+    notice(f"adapter.dropout {p:g} applies to the LoRA modules but not to LoRA on weights (fused experts, "
+           f"a router), where PEFT cannot apply dropout")
 
 
 _APPLY: dict[type, Callable[..., Any]] = {

@@ -107,6 +107,18 @@ def test_presets_reach_the_experts_and_never_the_router(arch: str, preset: str, 
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_a_listed_router_or_experts_is_adapted_by_its_weights(arch: str, moes: dict[str, Path]) -> None:
+    """transformers 5's routers and expert stacks are not nn.Linear: named in a list, their weights are."""
+    model = apply_adapter(AutoModelForCausalLM.from_pretrained(moes[arch]),
+                          LoraAdapter(target_modules=["q_proj", "gate"]))
+    assert _adapted(model) == {"self_attn.q_proj", "mlp.gate"}
+    model = apply_adapter(AutoModelForCausalLM.from_pretrained(moes[arch]),
+                          LoraAdapter(target_modules=["experts"], layers=[0]))
+    assert sorted(model.base_model.targeted_parameter_names) == ["model.layers.0.mlp.experts.down_proj",
+                                                                 "model.layers.0.mlp.experts.gate_up_proj"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_adapter_layers_restrict_the_expert_lora_and_plan_counts_it(arch: str, moes: dict[str, Path]) -> None:
     model = apply_adapter(AutoModelForCausalLM.from_pretrained(moes[arch]),
                           LoraAdapter(target_modules="experts", layers=[-1], r=4))
@@ -120,9 +132,10 @@ def test_adapter_layers_restrict_the_expert_lora_and_plan_counts_it(arch: str, m
 def test_dora_cannot_go_on_the_experts(moes: dict[str, Path], notices: list[str]) -> None:
     from finetune.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="adapter.dora"):
-        apply_adapter(AutoModelForCausalLM.from_pretrained(moes["olmoe"]),
-                      LoraAdapter(target_modules="experts", dora=True))
+    for targets in ("experts", ["q_proj", "gate"]):
+        with pytest.raises(ConfigError, match="adapter.dora"):
+            apply_adapter(AutoModelForCausalLM.from_pretrained(moes["olmoe"]),
+                          LoraAdapter(target_modules=targets, dora=True))
     model = apply_adapter(AutoModelForCausalLM.from_pretrained(moes["olmoe"]),
                           LoraAdapter(target_modules="all-linear", dora=True))
     assert _adapted(model) == {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}
