@@ -1,5 +1,5 @@
-"""LoRA on the fused routed experts of Qwen2-MoE, Mixtral and OLMoE (transformers 5 keeps them as 3D
-parameters that target_modules cannot reach): the experts preset trains expert LoRA and nothing else,
+"""LoRA on the fused routed experts of Qwen2-MoE, Mixtral, OLMoE and Qwen3-MoE (transformers 5 keeps
+them as 3D parameters that target_modules cannot reach): the experts preset trains expert LoRA and nothing else,
 the fused base weights and the routers stay as they were, a merge folds the deltas into the fused
 weights with the adapter model's logits, and the merged model saves and reloads. The mlp and
 all-linear presets include the experts, never the router; adapter.layers and `ft plan` agree;
@@ -27,7 +27,7 @@ from finetune.recipe.schema import LoraAdapter
 from finetune.tiny import build_tiny_model, build_tokenizer
 from tests._runs import TEXT_DATA, train, write_recipe
 
-ARCHS = ("qwen2_moe", "mixtral", "olmoe")
+ARCHS = ("qwen2_moe", "mixtral", "olmoe", "qwen3_moe")
 PROMPT = "Packing puts several short examples"
 
 
@@ -96,7 +96,7 @@ def _adapted(model: Any) -> set[str]:
 def test_presets_reach_the_experts_and_never_the_router(arch: str, preset: str, wrapped: set[str],
                                                         moes: dict[str, Path]) -> None:
     model = apply_adapter(AutoModelForCausalLM.from_pretrained(moes[arch]), LoraAdapter(target_modules=preset))
-    # Mixtral and OLMoE have no shared expert.
+    # Only Qwen2-MoE has a shared expert.
     expected = wrapped if arch == "qwen2_moe" else {w for w in wrapped if "shared_expert" not in w}
     assert _adapted(model) == expected
     assert not any(".mlp.gate." in n and "lora_" in n for n, _ in model.named_parameters())
