@@ -92,6 +92,13 @@ def test_lora_trains_the_experts_not_the_routers_and_final_reloads(moe: Path, tm
         assert model(**tokenizer("Packing puts", return_tensors="pt")).logits.shape[-1] == len(tokenizer)
 
 
+def test_router_coefficient_on_a_dense_model_says_it_has_no_effect(tmp_path: Path, notices: list[str]) -> None:
+    dense = build_tiny_model("llama", build_tokenizer(TEXTS), tmp_path / "llama", hidden_size=32)
+    result, _, _ = _pretrain(tmp_path, dense, "training.max_steps=1", "model.router_aux_loss_coef=0.1")
+    assert not any("aux_loss" in m for m in result.metrics)
+    assert any("model.router_aux_loss_coef" in n and "no effect" in n for n in notices)
+
+
 def test_router_coefficient_is_refused_where_no_router_loss_is_added(moe: Path, tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, moe, fmt="preference", objective="dpo")
     with pytest.raises(RecipeError, match="model.router_aux_loss_coef"):
