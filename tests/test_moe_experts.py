@@ -79,6 +79,17 @@ def test_expert_lora_trains_the_experts_and_merges_into_the_fused_weights(arch: 
         torch.testing.assert_close(_logits(reloaded, tokenizer), _logits(adapted, tokenizer), atol=1e-4, rtol=0)
 
 
+def test_qlora_with_checkpointing_trains_the_experts_beside_a_4bit_attention(moes: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, moes["olmoe"], data=TEXT_DATA, fmt="text", objective="pretrain", adapter="qlora")
+    result, snap = train(recipe, "training.max_steps=2", "data.max_length=32", "training.gradient_checkpointing=true")
+    assert any(".mlp.experts.lora_" in n for n in snap.trainable) and snap.changed() == snap.trainable
+    assert any(type(m).__name__ == "Linear4bit" for m in snap.model.modules()), "attention is 4-bit"
+    assert not any(_is_fused_base(n) for n in snap.changed())
+    merged, _ = load_trained(result.run_dir, merge=True)  # onto the unquantized base
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+
 def _adapted(model: Any) -> set[str]:
     """The adapted modules of decoder layer 0 or 1, by their path inside the layer."""
     return {n.split(".lora_A")[0].split(".layers.")[1].split(".", 1)[1].removesuffix(".base_layer")
