@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from finetune.errors import ConfigError
 from finetune.model_kinds import ModelKind, model_kind
+from finetune.notices import notice
 from finetune.recipe.schema import FullAdapter, LoraAdapter, QLoraAdapter
 
 if TYPE_CHECKING:
@@ -55,11 +56,16 @@ def _apply_full(model: PreTrainedModel, adapter: FullAdapter, *, kind: ModelKind
 
 # The named target_modules presets: the module names (as PEFT matches them, by suffix) of the attention
 # projections and of the feed-forward projections across the families ft supports (Llama/Qwen/Mistral/
-# Gemma/MoE shared experts, Phi-3's fused ones, GPT-2, BERT, ModernBERT). No router name is in either.
+# Gemma/MoE shared experts, Phi-3's fused ones, GPT-2, BERT, ModernBERT). No router name is in any.
+# `experts` names no module: it is the fused expert weights alone (see expert_parameters).
 TARGET_PRESETS: dict[str, list[str]] = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "query", "key", "value", "c_attn", "Wqkv", "Wo"],
     "mlp": ["gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "c_fc", "Wi"],
+    "experts": [],
 }
+# The presets that put LoRA on a mixture-of-experts model's fused expert weights (when it has them):
+# the routed experts are feed-forward layers (mlp) and linear maps (all-linear), and most of the model.
+WITH_EXPERTS = frozenset({"mlp", "experts", "all-linear"})
 
 
 def target_names(target_modules: str | list[str]) -> str | list[str]:
@@ -74,11 +80,68 @@ def target_names(target_modules: str | list[str]) -> str | list[str]:
 ROUTERS = r".*\.(gate|router|shared_expert_gate)$"
 
 
+def expert_parameters(model: Any, layer: re.Pattern[str], layers: list[int] | None = None) -> list[str]:
+    """The fused expert weights of a mixture-of-experts model, as LoraConfig.target_parameters wants them.
+
+    transformers 5 stores the routed experts of Qwen-MoE, Mixtral, OLMoE, Qwen3-MoE (and others) as one
+    3D nn.Parameter per projection (experts x out x in) on an experts module, which target_modules cannot
+    reach. Found by shape, not by architecture name: a 3D parameter inside a decoder layer held by a
+    model's own module (a torch module's 3D weight, a Conv1d's, is no expert stack). Routers are 2D.
+    """
+    owners = dict(model.named_modules())
+    found = {_parameter_name(name, layer, layers) for name, param in model.named_parameters()
+             if param.ndim == 3 and not type(owners.get(name.rpartition(".")[0])).__module__.startswith("torch.")}
+    return sorted(found - {None})
+
+
+def _parameter_name(name: str, layer: re.Pattern[str], layers: list[int] | None) -> str | None:
+    """A parameter inside a decoder layer as target_parameters names it: relative to the layer
+    (`mlp.experts.gate_up_proj`, so one name serves every layer), or in full when `layers` selects
+    layers (PEFT applies layers_to_transform to modules only); None outside the chosen layers."""
+    match = layer.search("." + name)
+    if match is None:
+        return None
+    if layers is None:
+        return ("." + name)[match.end():]
+    return name if int(match.group(1)) in layers else None
+
+
+def _listed_parameters(names: list[str], model: Any, layer: re.Pattern[str],
+                       layers: list[int] | None) -> tuple[list[str], list[str]]:
+    """(module names, parameter names) of a target_modules list. A listed module that PEFT cannot wrap
+    but that holds weights of its own is targeted by its weights: transformers 5's routers (`gate` of
+    Mixtral/OLMoE/Qwen-MoE, a plain weight, put LoRA on only when listed) and `experts` (the fused
+    expert weights)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    wrappable = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, Conv1D,
+                 torch.nn.MultiheadAttention)
+    modules, parameters = [], set()
+    for target in names:
+        found = [(name, module) for name, module in model.named_modules()
+                 if name == target or name.endswith("." + target)]
+        own = [f"{name}.{p}" for name, module in found for p, _ in module.named_parameters(recurse=False)]
+        if found and own and not any(isinstance(module, wrappable) for _, module in found):
+            parameters |= {_parameter_name(name, layer, layers) or name for name in own
+                           if layers is None or _parameter_name(name, layer, layers)}
+        else:
+            modules.append(target)
+    return modules, sorted(parameters)
+
+
 def _targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str]) -> str | list[str]:
-    """PEFT refuses `layers_to_transform` with the string shorthand `all-linear`, so with `layers`
-    the shorthand is spelled out: the names of the linear modules inside decoder layers."""
+    """What LoraConfig.target_modules gets. The shorthand `all-linear` is spelled out (the names of the
+    linear modules inside decoder layers, routers left out) where PEFT would mishandle it: with `layers`
+    (PEFT refuses layers_to_transform with it), and on a model with fused experts, where PEFT's
+    transformers-4-to-5 renaming resolves it to names it then maps onto the fused weights and the router
+    (Mixtral, OLMoE), wrapping the router and putting a second LoRA on the experts."""
     names = target_names(adapter.target_modules)
-    if adapter.layers is None or names != "all-linear":
+    if isinstance(adapter.target_modules, str) and isinstance(names, list):
+        return _present(names, model)
+    if isinstance(names, list):
+        return _listed_parameters(names, model, layer, _layer_indices(adapter.layers, model, layer))[0]
+    if names != "all-linear" or (adapter.layers is None and not expert_parameters(model, layer)):
         return names
     import torch
     from transformers.pytorch_utils import Conv1D
@@ -86,6 +149,42 @@ def _targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str]) -> str | 
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                    if isinstance(module, (torch.nn.Linear, Conv1D)) and layer.search("." + name + ".")
                    and not re.fullmatch(ROUTERS, "." + name)})
+
+
+def _present(names: list[str], model: Any) -> list[str]:
+    """A preset's names that name a module of this model. PEFT rewrites the names of a mixture-of-experts
+    model's old per-expert modules (gate_proj, w1, ...) into its fused weights, with its own ranks, when a
+    model lacks such modules (OLMoE, Mixtral); ft targets the fused weights itself (expert_parameters)."""
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return [name for name in names if name in leaves]
+
+
+def _parameter_targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str]) -> list[str]:
+    """LoraConfig.target_parameters: the fused expert weights a preset includes, or the weights of the
+    listed modules PEFT cannot wrap; [] for a dense model."""
+    indices = _layer_indices(adapter.layers, model, layer)
+    if isinstance(adapter.target_modules, list):
+        listed = _listed_parameters(adapter.target_modules, model, layer, indices)[1]
+        if listed and adapter.dora:
+            raise ConfigError(f"adapter.dora: PEFT cannot put DoRA on {listed} (weights, not linear modules); "
+                              f"set dora: false or leave them out of target_modules")
+        return listed
+    preset = adapter.target_modules
+    if preset not in WITH_EXPERTS:
+        return []
+    experts = expert_parameters(model, layer, indices)
+    if preset == "experts" and not experts:
+        raise ConfigError("adapter.target_modules: experts: the model has no fused mixture-of-experts weights "
+                          "(3D expert parameters such as mlp.experts.gate_up_proj); use mlp, all-linear or "
+                          "a list of module names")
+    if experts and adapter.dora:
+        if preset == "experts":
+            raise ConfigError("adapter.dora: PEFT cannot put DoRA on fused expert weights (target_modules: "
+                              "experts); set dora: false, or target attention or a list of modules")
+        notice(f"adapter.dora: PEFT cannot put DoRA on fused expert weights, so target_modules {preset} leaves "
+               f"the routed experts frozen under DoRA; set dora: false to train them with LoRA")
+        return []
+    return experts
 
 
 def _layer_indices(layers: list[int] | None, model: Any, layer: re.Pattern[str]) -> list[int] | None:
@@ -100,14 +199,17 @@ def _layer_indices(layers: list[int] | None, model: Any, layer: re.Pattern[str])
 
 
 def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str, list[int]], model: Any,
-                 has_router: bool = False) -> Any:
+                 modules: str | list[str], experts: list[str], has_router: bool) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
         r=adapter.r,
         lora_alpha=adapter.alpha,
-        lora_dropout=adapter.dropout,
-        target_modules=_targets(adapter, model, kind.layer_pattern),
+        # PEFT's wrapper of a fused expert weight refuses dropout (it cannot be factored out of the
+        # weight); with experts the dropout is put on the module wrappers afterwards (_module_dropout).
+        lora_dropout=0.0 if experts else adapter.dropout,
+        target_modules=modules,
+        target_parameters=list(experts) or None,
         # all-linear would wrap a mixture-of-experts router kept as nn.Linear (Qwen-MoE's shared_expert_gate;
         # the routers of transformers 5's Mixtral/Qwen-MoE/OLMoE are not nn.Linear). Routing is left as
         # trained unless target_modules names a router.
@@ -150,8 +252,31 @@ def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, kind: ModelKind
         model.enable_input_require_grads()
     # PEFT warns when exclude_modules matches nothing: name routers only where the model has one.
     has_router = any(re.fullmatch(ROUTERS, "." + name) for name, _ in model.named_modules())
-    return get_peft_model(model, _lora_config(adapter, kind, _new_token_rows(model, new_token_ids), model,
-                                              has_router))
+    experts = _parameter_targets(adapter, model, kind.layer_pattern)
+    modules = _targets(adapter, model, kind.layer_pattern)
+    if modules == [] and not experts:
+        raise ConfigError(f"adapter.target_modules: {adapter.target_modules} matches no module of the model; "
+                          f"choose another preset or list module names")
+    peft_model = get_peft_model(model, _lora_config(adapter, kind, _new_token_rows(model, new_token_ids), model,
+                                                    modules, experts, has_router))
+    if experts and adapter.dropout:
+        _module_dropout(peft_model, adapter.dropout)
+    return peft_model
+
+
+def _module_dropout(model: Any, p: float) -> None:
+    """adapter.dropout on the LoRA wrappers of modules (linear layers), none on fused expert weights.
+    The saved adapter config records dropout 0, the value PEFT can load expert wrappers with; dropout
+    only acts in training, which builds its adapter from the recipe."""
+    import torch
+    from peft.tuners.lora.layer import LoraLayer, ParamWrapper
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper):
+            for name in module.lora_dropout:
+                module.lora_dropout[name] = torch.nn.Dropout(p)
+    notice(f"adapter.dropout {p:g} applies to the LoRA modules but not to LoRA on weights (fused experts, "
+           f"a router), where PEFT cannot apply dropout")
 
 
 _APPLY: dict[type, Callable[..., Any]] = {

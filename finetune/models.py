@@ -155,8 +155,13 @@ def quantization_config(adapter: Any, hardware: Hardware, for_fsdp: bool = False
         bnb_4bit_use_double_quant=adapter.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, compute),
         # Output heads stay in full precision: the LM head (TRL's chunked loss multiplies by its weight
-        # directly) and a reward model's score head, which is trained.
-        llm_int8_skip_modules=["lm_head", "score", "classifier"],
+        # directly), a reward model's score head and a classifier, which are trained, and a masked LM's
+        # output layer (BERT's cls.predictions.decoder, ModernBERT's top-level decoder; RoBERTa's is under
+        # lm_head), which is tied to the input embeddings: quantized, it breaks the tie and bitsandbytes
+        # refuses the embedding-shaped weight. Giving a list replaces transformers' own defaults (output
+        # and tied embeddings), so they are named here. `decoder$` is the top-level module only, never a
+        # seq2seq model's decoder stack.
+        llm_int8_skip_modules=["lm_head", "score", "classifier", "predictions.decoder", "decoder$"],
         # FSDP shards units of one dtype: under FSDP the 4-bit weights are stored in the compute dtype
         # (the default uint8 storage cannot be sharded with the LoRA weights); same bytes, packed.
         bnb_4bit_quant_storage=getattr(torch, compute) if for_fsdp else torch.uint8,

@@ -4,7 +4,8 @@ Pure arithmetic: no torch, no weights. The config comes from a local model direc
 Hugging Face cache (never downloaded). The model is described as the linear layers a decoder
 layer holds (what LoRA and bitsandbytes act on: `nn.Linear` modules) plus the other parameters
 (norms, fused MoE expert tensors and routers, which transformers 5 keeps as plain parameters, so
-neither LoRA's all-linear nor 4-bit quantization touches them), embeddings and the head.
+4-bit quantization does not touch them; LoRA reaches the fused experts as parameters, see
+finetune.adapters.expert_parameters), embeddings and the head.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class Arch:
     tied: bool
     experts: int = 0
     top_k: int = 0
+    # Per decoder layer, the fused expert tensors as (experts x d_out x d_in) linears: counted in
+    # other_per_layer, listed here for the LoRA that the mlp/experts/all-linear presets put on them.
+    fused: list[list[Linear]] | None = None
 
     @property
     def embed(self) -> int:
@@ -98,6 +102,16 @@ def read_config(name_or_path: str, revision: str | None = None) -> dict[str, Any
 
 def _expert_count(c: dict[str, Any]) -> int:
     return int(c.get("num_local_experts") or c.get("num_experts") or c.get("n_routed_experts") or 0)
+
+
+def _fused(c: dict[str, Any], layer: int, h: int) -> list[Linear]:
+    """The fused expert tensors of one layer (none in a dense layer), as `_mlp` counts them."""
+    experts = _expert_count(c)
+    step = int(c.get("decoder_sparse_step") or 1)
+    if not experts or layer in set(c.get("mlp_only_layers") or []) or (layer + 1) % step:
+        return []
+    mi = int(c.get("moe_intermediate_size") or c["intermediate_size"])
+    return [Linear("experts.gate_up_proj", h, 2 * mi, count=experts), Linear("experts.down_proj", mi, h, count=experts)]
 
 
 def _mlp(c: dict[str, Any], layer: int, h: int) -> tuple[list[Linear], int, int]:
@@ -148,5 +162,6 @@ def architecture(c: dict[str, Any]) -> Arch:
         other.append(NORMS_PER_LAYER.get(mt, 2) * h + qk_norm + extra)
         widths.append(width)
     tied = bool(c.get("tie_word_embeddings", mt in TIED_BY_DEFAULT))
+    fused = [_fused(c, layer, h) for layer in range(int(c["num_hidden_layers"]))]
     return Arch(mt, int(c["vocab_size"]), h, int(c["num_hidden_layers"]), heads, kv, hd, max(widths),
-                linears, other, tied, _expert_count(c), int(c.get("num_experts_per_tok") or 0))
+                linears, other, tied, _expert_count(c), int(c.get("num_experts_per_tok") or 0), fused)

@@ -90,6 +90,17 @@ def lora_linears(arch: Arch, s: Setup) -> list[Linear]:
     return [lin for i, layer in enumerate(arch.linears) if i in keep for lin in layer if _targeted(lin, s.target_modules)]
 
 
+def lora_experts(arch: Arch, s: Setup) -> list[Linear]:
+    """The fused expert tensors LoRA sits on (finetune.adapters.WITH_EXPERTS): a LoRA pair per expert,
+    as r x d_in and d_out x r blocks of one A and one B."""
+    from finetune.adapters import WITH_EXPERTS
+
+    if not isinstance(s.target_modules, str) or s.target_modules not in WITH_EXPERTS or not arch.fused:
+        return []
+    keep = _index(s.lora_layers, arch.layers)
+    return [lin for i, layer in enumerate(arch.fused) if i in keep for lin in layer]
+
+
 def _module_params(arch: Arch, names: tuple[str, ...]) -> int:
     table = {"embed_tokens": arch.embed, "lm_head": arch.head or arch.embed, "norm": arch.hidden}
     return sum(size for key, size in table.items() if any(key in name for name in names))
@@ -103,7 +114,7 @@ def trainable(arch: Arch, s: Setup) -> tuple[int, int]:
         keep = _index(s.trainable_layers, arch.layers)
         layers = sum(sum(lin.params for lin in arch.linears[i]) + arch.other_per_layer[i] for i in keep)
         return layers + _module_params(arch, s.trainable_modules), 0
-    lora = sum(lin.count * s.r * (lin.d_in + lin.d_out) for lin in lora_linears(arch, s))
+    lora = sum(lin.count * s.r * (lin.d_in + lin.d_out) for lin in lora_linears(arch, s) + lora_experts(arch, s))
     saved = _module_params(arch, s.modules_to_save)
     return lora + saved, lora + saved
 

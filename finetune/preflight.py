@@ -192,14 +192,33 @@ def _model_problems(recipe: RecipeBase, at: At, pending: frozenset[str]) -> list
         if bad:
             problems.append(at(("adapter", key), f"layers {bad} out of range: {path} has {layers} layers "
                                f"(valid: 0..{layers - 1}, or -{layers}..-1 from the end)"))
+    return problems + _target_problems(recipe, at, path, modules)
+
+
+# A checkpoint's per-expert weights (`mlp.experts.3.up_proj`, `block_sparse_moe.experts.0.w1`): transformers 5
+# fuses them on load into one 3D parameter per projection, which no target_modules name reaches.
+_PER_EXPERT = re.compile(r"\.experts\.\d+\.")
+
+
+def _target_problems(recipe: RecipeBase, at: At, path: Path, modules: set[str]) -> list[Problem]:
     targets = getattr(recipe.adapter, "target_modules", "all-linear")
-    if modules and isinstance(targets, list):
-        leaves = {name.rsplit(".", 1)[-1] for name in modules if _layer(recipe).search("." + name)}
-        unmatched = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
-        if unmatched:
-            problems.append(at(("adapter", "target_modules"), f"{unmatched} match no module of {path}; "
-                               f"its layer modules: {', '.join(sorted(leaves))}"))
-    return problems
+    if not modules:
+        return []
+    if targets == "experts" and not any(_PER_EXPERT.search("." + m) or ".experts." in m for m in modules):
+        return [at(("adapter", "target_modules"), f"experts: {path} is not a mixture-of-experts model (its weights "
+                   f"hold no experts); use attention, mlp, all-linear or a list of module names")]
+    if not isinstance(targets, list):
+        return []
+    loaded = {m for m in modules if not _PER_EXPERT.search("." + m + ".")}
+    leaves = {name.rsplit(".", 1)[-1] for name in loaded if _layer(recipe).search("." + name)}
+    unmatched = [t for t in targets if not any(m == t or m.endswith("." + t) for m in loaded)]
+    if not unmatched:
+        return []
+    fused = [t for t in unmatched if any(m.endswith("." + t) for m in modules)]
+    why = (f"; {fused} name per-expert weights, which transformers fuses into experts.gate_up_proj / "
+           f"experts.down_proj on load: use target_modules: experts (or mlp / all-linear) for them") if fused else ""
+    return [at(("adapter", "target_modules"), f"{unmatched} match no module of {path}; its layer modules: "
+               f"{', '.join(sorted(leaves))}{why}")]
 
 
 def _output_problems(recipe: RecipeBase, at: At) -> list[Problem]:

@@ -76,7 +76,10 @@ def _router_aux_loss(parts: RunParts) -> dict[str, float]:
     if coef is None:
         coef = getattr(text_config, "router_aux_loss_coef", None)
     if coef is None or getattr(text_config, "output_router_logits", None) is None:
-        return {}  # a dense model: no router
+        if parts.recipe.model.router_aux_loss_coef:  # a dense model: no router, nothing to weigh
+            notice(f"model.router_aux_loss_coef: {parts.recipe.model.name_or_path} is not a mixture-of-experts "
+                   f"model (it has no router), so the coefficient has no effect; remove it")
+        return {}
     return {"router_aux_loss_coef": float(coef)}
 
 

@@ -186,6 +186,29 @@ def _qwen2_moe(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
                           router_aux_loss_coef=0.01)
 
 
+def _mixtral(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
+    from transformers import MixtralConfig
+
+    # Mixtral: 4 routed experts (no shared expert), the router at block_sparse_moe/mlp.gate.
+    return MixtralConfig(**kw, head_dim=dims.head_dim, num_local_experts=4, num_experts_per_tok=2,
+                         router_aux_loss_coef=0.02)
+
+
+def _olmoe(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
+    from transformers import OlmoeConfig
+
+    # OLMoE: 4 routed experts, top-2 without renormalising the top-k probabilities.
+    return OlmoeConfig(**kw, num_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.03)
+
+
+def _qwen3_moe(kw: dict[str, Any], dims: _Dims) -> PretrainedConfig:
+    from transformers import Qwen3MoeConfig
+
+    # Qwen3-MoE: 4 routed experts, top-2, no shared expert; head_dim as the dense Qwen3 builder keeps it.
+    return Qwen3MoeConfig(**kw, head_dim=dims.head_dim, num_experts=4, num_experts_per_tok=2,
+                          moe_intermediate_size=dims.intermediate_size // 2, router_aux_loss_coef=0.04)
+
+
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], _Dims], PretrainedConfig]] = {
     "llama": _llama,
     "qwen2": _qwen2,
@@ -195,6 +218,9 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], _Dims], PretrainedConfig]] = 
     "qwen3": _qwen3,
     "gemma2": _gemma2,
     "qwen2_moe": _qwen2_moe,
+    "mixtral": _mixtral,
+    "olmoe": _olmoe,
+    "qwen3_moe": _qwen3_moe,
 }
 
 

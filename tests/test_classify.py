@@ -20,7 +20,8 @@ NOUNS = ("film", "food", "book", "service", "staff", "room", "song", "game", "ca
 ROWS = [{"text": f"the {n} was {w}", "label": label} for n in NOUNS
         for w, label in (("good", "positive"), ("bad", "negative"))]
 FAST = ("training.max_steps=30", "training.save_steps=30", "training.batch_size=8", "data.max_length=32")
-LR = {"lora": "training.learning_rate=1e-2", "none": "training.learning_rate=3e-3"}
+LR = {"lora": "training.learning_rate=1e-2", "qlora": "training.learning_rate=1e-2",
+      "none": "training.learning_rate=3e-3"}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,8 @@ def _accuracy(final: Path, rows: list[dict]) -> float:
     return sum(model.config.id2label[p] == r["label"] for p, r in zip(predicted, rows)) / len(rows)
 
 
-@pytest.mark.parametrize(("arch", "adapter"), [("bert", "lora"), ("bert", "none"), ("llama", "lora")])
+@pytest.mark.parametrize(("arch", "adapter"), [("bert", "lora"), ("bert", "none"), ("llama", "lora"),
+                                             ("bert", "qlora"), ("llama", "qlora")])
 def test_single_label_learns_and_saves_label_names(arch: str, adapter: str, encoder: Path,
                                                    tiny_models: dict[str, Path], tmp_path: Path) -> None:
     model = encoder if arch == "bert" else tiny_models["llama"]
@@ -60,6 +62,9 @@ def test_single_label_learns_and_saves_label_names(arch: str, adapter: str, enco
     assert snap.changed() == snap.trainable
     head = {n for n in snap.trainable if "classifier" in n or "score" in n}
     assert head, "the new head trains"
+    if adapter == "qlora":  # a 4-bit base with LoRA and the full-precision head trained beside it
+        assert any(type(m).__name__ == "Linear4bit" for m in snap.model.modules())
+        assert snap.trainable == head | {n for n in snap.trainable if "lora_" in n}
     losses = [m["loss"] for m in result.metrics if "loss" in m]
     assert sum(losses[-3:]) < 0.5 * sum(losses[:3])
     assert _accuracy(result.final_dir, ROWS) >= 0.9

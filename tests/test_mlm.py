@@ -63,6 +63,26 @@ def test_loss_falls_and_final_is_a_plain_masked_lm(adapter: str, lr: str, encode
     assert type(model).__name__ == "BertForMaskedLM" and tokenizer.mask_token == "[MASK]"
 
 
+def test_qlora_trains_lora_on_a_4bit_encoder_and_final_is_a_plain_masked_lm(encoder: Path, tmp_path: Path) -> None:
+    result, snap = train(_mlm(tmp_path, encoder, "qlora"), "training.max_steps=3", "training.save_steps=3",
+                         "data.max_length=32")
+    assert snap.trainable and all("lora_" in n for n in snap.trainable), "the 4-bit base is frozen"
+    assert snap.changed() == snap.trainable
+    modules = dict(snap.model.named_modules())
+    assert type(modules["base_model.model.bert.encoder.layer.0.attention.self.query.base_layer"]).__name__ == "Linear4bit"
+    # The output layer is tied to the input embeddings: it stays full precision (bitsandbytes cannot pack it).
+    assert type(modules["base_model.model.cls.predictions.decoder"]).__name__ == "Linear"
+    assert not (result.final_dir / "adapter_config.json").exists(), "LoRA is merged into a plain masked LM"
+    final = AutoModelForMaskedLM.from_pretrained(result.final_dir)
+    base = AutoModelForMaskedLM.from_pretrained(encoder)
+    query, words = "bert.encoder.layer.0.attention.self.query.weight", "bert.embeddings.word_embeddings.weight"
+    assert not torch.equal(final.state_dict()[query], base.state_dict()[query]), "the training reached final/"
+    assert torch.equal(final.state_dict()[words], base.state_dict()[words])
+    # Merged into the unquantized base: the change is the rank-r LoRA update, not 4-bit rounding (full rank).
+    change = final.state_dict()[query] - base.state_dict()[query]
+    assert torch.linalg.matrix_rank(change, atol=1e-5) <= 16 < change.shape[0]
+
+
 def _batches(tokenizer, section: MlmSection, texts: list[str], packing: bool = False, n: int = 40):
     data = encode(datasets.Dataset.from_dict({"text": texts}), tokenizer, 24, packing=packing,
                   whole_word=section.whole_word_masking)

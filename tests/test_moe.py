@@ -1,6 +1,8 @@
-"""Mixture-of-experts (a tiny Qwen2-MoE): the router's load-balancing loss is on by default at the
-model config's coefficient, logged as aux_loss, and added to the loss with model.router_aux_loss_coef;
-LoRA on all-linear leaves the routers alone; the run trains and final/ reloads."""
+"""Mixture-of-experts (tiny Qwen2-MoE, Mixtral, OLMoE): the router's load-balancing loss is on by default
+at the model config's coefficient, logged as aux_loss, and added to the loss with
+model.router_aux_loss_coef; LoRA on all-linear trains the experts and leaves the routers alone; the run
+trains and final/ reloads; trainable_layers takes a layer with its experts and router.
+Expert LoRA in detail: tests/test_moe_experts.py."""
 
 from __future__ import annotations
 
@@ -21,10 +23,21 @@ from tests._runs import TEXT_DATA, Snapshot, write_recipe
 TEXTS = TEXT_DATA.read_text().splitlines()
 
 
+ARCHS = ("qwen2_moe", "mixtral", "olmoe")
+# The coefficients finetune.tiny gives each architecture's config (each differs from TRL's 0.001).
+CONFIG_COEF = {"qwen2_moe": 0.01, "mixtral": 0.02, "olmoe": 0.03}
+
+
 @pytest.fixture(scope="module")
-def moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model("qwen2_moe", build_tokenizer(TEXTS), tmp_path_factory.mktemp("moe") / "moe",
-                            hidden_size=32, initializer_range=0.2)
+def moes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tokenizer, root = build_tokenizer(TEXTS), tmp_path_factory.mktemp("moe")
+    return {arch: build_tiny_model(arch, tokenizer, root / arch, hidden_size=32, initializer_range=0.2)
+            for arch in ARCHS}
+
+
+@pytest.fixture(scope="module")
+def moe(moes: dict[str, Path]) -> Path:
+    return moes["qwen2_moe"]
 
 
 class Coefficient(TrainerCallback):
@@ -47,10 +60,13 @@ def _first(result: Any, key: str) -> float:
     return next(m[key] for m in result.metrics if key in m)
 
 
-def test_aux_loss_is_on_at_the_config_coefficient_and_adds_coef_times_aux(moe: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", ARCHS)
+def test_aux_loss_is_on_at_the_config_coefficient_and_adds_coef_times_aux(arch: str, moes: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    moe = moes[arch]
     (tmp_path / "default").mkdir(), (tmp_path / "off").mkdir(), (tmp_path / "half").mkdir()
     default, _, coef = _pretrain(tmp_path / "default", moe, "training.max_steps=1")
-    assert coef == pytest.approx(0.01), "the model config's own coefficient, not TRL's 0.001"
+    assert coef == pytest.approx(CONFIG_COEF[arch]), "the model config's own coefficient, not TRL's 0.001"
     assert _first(default, "aux_loss") > 0
     off, _, coef = _pretrain(tmp_path / "off", moe, "training.max_steps=1", "model.router_aux_loss_coef=0")
     assert coef == 0 and not any("aux_loss" in m for m in off.metrics)
@@ -59,20 +75,28 @@ def test_aux_loss_is_on_at_the_config_coefficient_and_adds_coef_times_aux(moe: P
     assert _first(half, "loss") - _first(off, "loss") == pytest.approx(0.5 * _first(half, "aux_loss"), abs=1e-4)
 
 
-def test_lora_leaves_routers_and_fused_experts_alone_and_final_reloads(moe: Path, tmp_path: Path) -> None:
+def test_lora_trains_the_experts_not_the_routers_and_final_reloads(moe: Path, tmp_path: Path) -> None:
     result, snap, _ = _pretrain(tmp_path, moe, "training.max_steps=12", "training.learning_rate=1e-2")
     assert snap.trainable and all("lora_" in n for n in snap.trainable)
     assert snap.changed() == snap.trainable
     assert any("q_proj.lora_A" in n for n in snap.trainable) and any("shared_expert.up_proj.lora_A" in n
                                                                       for n in snap.trainable)
+    assert any("mlp.experts.lora_A" in n for n in snap.trainable), "all-linear reaches the fused experts"
     assert not any(".mlp.gate." in n or "shared_expert_gate" in n for n in snap.trainable), "routers not wrapped"
-    assert not any("experts.gate_up_proj" in n or "experts.down_proj" in n for n in snap.changed()), \
-        "the fused 3D expert weights are not reachable by target_modules"
+    assert not any(n.endswith(("experts.gate_up_proj", "experts.down_proj")) for n in snap.changed()), \
+        "the fused base expert weights stay frozen under their LoRA"
     losses = [m["loss"] for m in result.metrics if "loss" in m]
     assert sum(losses[-3:]) < sum(losses[:3])
     model, tokenizer = load_trained(result.run_dir, merge=True)
     with torch.no_grad():
         assert model(**tokenizer("Packing puts", return_tensors="pt")).logits.shape[-1] == len(tokenizer)
+
+
+def test_router_coefficient_on_a_dense_model_says_it_has_no_effect(tmp_path: Path, notices: list[str]) -> None:
+    dense = build_tiny_model("llama", build_tokenizer(TEXTS), tmp_path / "llama", hidden_size=32)
+    result, _, _ = _pretrain(tmp_path, dense, "training.max_steps=1", "model.router_aux_loss_coef=0.1")
+    assert not any("aux_loss" in m for m in result.metrics)
+    assert any("model.router_aux_loss_coef" in n and "no effect" in n for n in notices)
 
 
 def test_router_coefficient_is_refused_where_no_router_loss_is_added(moe: Path, tmp_path: Path) -> None:
@@ -81,33 +105,24 @@ def test_router_coefficient_is_refused_where_no_router_loss_is_added(moe: Path, 
         load_recipe(recipe, ["model.router_aux_loss_coef=0.1"])
 
 
-@pytest.mark.parametrize(("preset", "wrapped"), [
-    ("attention", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}),
-    ("mlp", {"mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj"}),
-    ("all-linear", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                    "mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj"}),
-    (["shared_expert_gate"], {"mlp.shared_expert_gate"}),  # a router is wrapped when named
-])
-def test_target_module_presets(preset: Any, wrapped: set[str], moe: Path) -> None:
-    from transformers import AutoModelForCausalLM
-
-    from finetune.adapters import apply_adapter
-    from finetune.recipe.schema import LoraAdapter
-
-    model = apply_adapter(AutoModelForCausalLM.from_pretrained(moe), LoraAdapter(target_modules=preset))
-    found = {n.split(".lora_A")[0].split("layers.0.")[1] for n, _ in model.named_parameters()
-             if "lora_A" in n and "layers.0." in n}
-    assert found == wrapped
-
-
-def test_trainable_layers_take_a_layer_with_its_experts_and_router(moe: Path) -> None:
+@pytest.mark.parametrize("arch", ARCHS)
+def test_trainable_layers_take_a_layer_with_its_experts_and_router(arch: str, moes: dict[str, Path]) -> None:
     from transformers import AutoModelForCausalLM
 
     from finetune.adapters import apply_adapter
     from finetune.recipe.schema import FullAdapter
 
-    model = apply_adapter(AutoModelForCausalLM.from_pretrained(moe), FullAdapter(trainable_layers=[-1]))
+    model = apply_adapter(AutoModelForCausalLM.from_pretrained(moes[arch]), FullAdapter(trainable_layers=[-1]))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {"model.layers.1.mlp.experts.gate_up_proj", "model.layers.1.mlp.experts.down_proj",
             "model.layers.1.mlp.gate.weight"} <= trainable
-    assert all(n.startswith("model.layers.1.") for n in trainable)
+    layer = {n for n, _ in model.named_parameters() if n.startswith("model.layers.1.")}
+    assert trainable == layer, "the whole last layer (attention, norms, experts, router) and nothing else"
+
+
+def test_trainable_layers_train_the_experts_of_that_layer_only(moes: dict[str, Path], tmp_path: Path) -> None:
+    _, snap, _ = _pretrain(tmp_path, moes["mixtral"], "training.max_steps=2", "adapter.trainable_layers=[0]",
+                           adapter="none")
+    assert {"model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj"} <= snap.changed()
+    assert snap.changed() <= {n for n in snap.trainable if n.startswith("model.layers.0.")}
+    assert not any(n.startswith("model.layers.1.") for n in snap.changed())

@@ -80,10 +80,17 @@ def test_mixtral_8x7b_moe_and_qlora() -> None:
     a = arch(MIXTRAL)
     assert a.total == total and a.intermediate == 2 * 14336  # two experts active per token
     q = estimate(a, Setup(adapter="qlora", r=8, dtype="bfloat16", seq=1024, batch=1))
-    # transformers 5 keeps experts as fused parameters, not nn.Linear: only attention is 4-bit and LoRA-adapted.
+    # transformers 5 keeps experts as fused parameters, not nn.Linear: only attention is 4-bit.
     linear = 32 * attn
     assert q.bytes["weights"] == pytest.approx(linear * (0.5 + 1 / 64 + 4 / (64 * 256)) + (total - linear) * 2)
-    assert q.trainable_params == 32 * 8 * ((4096 + 4096) * 2 + (4096 + 1024) * 2)
+    # all-linear puts LoRA on attention and on the fused experts: r*(in+out) per expert and tensor.
+    lora_attn = 8 * ((4096 + 4096) * 2 + (4096 + 1024) * 2)
+    lora_experts = 8 * 8 * ((4096 + 2 * 14336) + (14336 + 4096))
+    assert q.trainable_params == 32 * (lora_attn + lora_experts)
+    presets = {"attention": lora_attn, "experts": lora_experts, "mlp": lora_experts}
+    for preset, per_layer in presets.items():
+        assert estimate(a, Setup(adapter="qlora", r=8, target_modules=preset)).trainable_params == 32 * per_layer
+    assert estimate(a, Setup(r=8, target_modules="experts", lora_layers=(-1,))).trainable_params == lora_experts
 
 
 def test_qwen15_moe_shared_experts() -> None:

@@ -45,6 +45,9 @@ _COMMON: list[Rule] = [
     (lambda f: f.config.get("bias", "none") != "none", "the adapter trains LoRA biases"),
     (lambda f: bool(f.config.get("modules_to_save")), "the adapter saves whole modules (modules_to_save)"),
     (lambda f: bool(f.config.get("trainable_token_indices")), "the adapter trains token embeddings"),
+    (lambda f: bool(f.config.get("target_parameters")),
+     "the adapter puts LoRA on fused mixture-of-experts weights (PEFT target_parameters), which the engine's "
+     "LoRA loader does not read"),
     (lambda f: not _targets(f) or not _targets(f) <= LORA_MODULES,
      "the adapter targets modules the engine cannot put LoRA on"),
     (lambda f: f.config.get("task_type") not in (None, "CAUSAL_LM"), "the adapter is not a causal LM adapter"),

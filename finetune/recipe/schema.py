@@ -69,10 +69,12 @@ class LoraAdapter(Strict):
     r: int = Field(16, gt=0, description="Rank of the update matrices.")
     alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: Union[Literal["all-linear", "attention", "mlp"], list[str]] = Field(
+    target_modules: Union[Literal["all-linear", "attention", "mlp", "experts"], list[str]] = Field(
         "all-linear", description="Modules to adapt: all-linear (every linear layer but the output layer and "
-        "mixture-of-experts routers), attention (the attention projections), mlp (the feed-forward / "
-        "shared-expert projections, no router), or a list of module names (a router only when named)."
+        "mixture-of-experts routers, plus a mixture-of-experts model's fused expert weights), attention (the "
+        "attention projections), mlp (the feed-forward / shared-expert projections and the fused expert "
+        "weights, no router), experts (the fused expert weights only), or a list of module names (a router "
+        "only when named)."
     )
     dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
