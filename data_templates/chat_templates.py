@@ -302,7 +302,7 @@ def resolve_chat_template(tokenizer: Any, choice: str | None) -> ResolvedTemplat
 
 # Turn closers of common templates (ChatML, Llama 3, Gemma, Phi-3, GPT-style), also the shipped ones.
 _KNOWN_CLOSERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
-_PROBE = "FTENDOFTURNPROBE"  # an assistant reply that tokenizes to ordinary pieces, found again after rendering
+_REPLY_PROBE = "FTENDOFTURNPROBE"  # an assistant reply that tokenizes to ordinary pieces, found again after rendering
 
 
 def end_of_turn_ids(tokenizer: Any, template: str | None = None) -> list[int]:
@@ -326,12 +326,12 @@ def end_of_turn_ids(tokenizer: Any, template: str | None = None) -> list[int]:
 
 
 def _closer_after_reply(tokenizer: Any, template: str) -> list[int]:
-    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _REPLY_PROBE}]
     try:
         text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
     except Exception:  # noqa: BLE001 - a template that cannot render this probe simply gives no extra token
         return []
-    after = text[text.rfind(_PROBE) + len(_PROBE):] if _PROBE in text else ""
+    after = text[text.rfind(_REPLY_PROBE) + len(_REPLY_PROBE):] if _REPLY_PROBE in text else ""
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     for token_id in tokenizer(after, add_special_tokens=False)["input_ids"]:
         if token_id in special:
