@@ -29,6 +29,11 @@ class ModelKind:
     # Blocks are named `...layers.<i>.` (Llama, Qwen, Mistral, Gemma, Phi-3) or `...h.<i>.` (GPT-2
     # style); the index is what `trainable_layers` and `adapter.layers` refer to.
     layer_pattern: re.Pattern[str]
+    # Vision-language kinds: the image processor (loaded next to the tokenizer; transformers' composite
+    # AutoProcessor of Qwen2-VL also wants a video processor, which needs torchvision), and the module
+    # prefix of the language model, to which LoRA is restricted unless adapter.train_vision.
+    image_processor: str | None = None
+    language_model: str | None = None
 
     def auto(self) -> Any:
         return _attr(self.auto_class)
@@ -36,9 +41,15 @@ class ModelKind:
     def peft_auto(self) -> Any:
         return _attr(self.peft_auto_class)
 
+    def image_processor_class(self) -> Any:
+        return _attr(self.image_processor) if self.image_processor else None
+
 
 # `encoder.layer.<i>.` for BERT-style encoders.
 _DECODER_LAYERS = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
+# A vision-language model's decoder layers (transformers 5 names its text model `language_model`); the
+# vision tower's `blocks.<i>` are not what trainable_layers / adapter.layers count.
+_LANGUAGE_MODEL_LAYERS = re.compile(r"\.language_model\.(?:layers|h)\.(\d+)\.")
 
 MODEL_KINDS: dict[str, ModelKind] = {
     kind.name: kind
@@ -51,6 +62,14 @@ MODEL_KINDS: dict[str, ModelKind] = {
         # Masked-LM runs end merged (finetune.mlm), so a saved adapter of this kind is never looked up.
         ModelKind("masked_lm", "transformers:AutoModelForMaskedLM", None, "peft:AutoPeftModel",
                   "transformers:AutoTokenizer", generates=False, layer_pattern=_DECODER_LAYERS),
+        # Qwen2-VL / Qwen2.5-VL style: a causal LM reading image patches. PEFT has no task type of its
+        # own for it; a saved adapter records CAUSAL_LM and `kind_of_config` tells it apart by its base.
+        # AutoPeftModelForCausalLM would load the base as a text causal LM: the adapter goes on the base
+        # loaded with auto_class (finetune.models.attach_adapter, PeftModel.from_pretrained).
+        ModelKind("vision_causal_lm", "transformers:AutoModelForImageTextToText", "CAUSAL_LM", "peft:PeftModel",
+                  "transformers:AutoTokenizer", generates=True,
+                  layer_pattern=_LANGUAGE_MODEL_LAYERS, image_processor="transformers:AutoImageProcessor",
+                  language_model="model.language_model."),
     )
 }
 
@@ -67,6 +86,14 @@ def kind_of_task_type(task_type: str | None) -> ModelKind:
         if kind.peft_task_type is not None and kind.peft_task_type == task_type:
             return kind
     return MODEL_KINDS["causal_lm"]  # PEFT leaves task_type empty for plain causal-LM adapters at times
+
+
+def kind_of_config(config: dict[str, Any], default: ModelKind) -> ModelKind:
+    """`default`, or the vision-language kind when a config.json describes a model with a vision tower
+    (a CAUSAL_LM adapter or a full fine-tune of a VLM is not a text causal LM)."""
+    if default.name == "causal_lm" and "vision_config" in config:
+        return MODEL_KINDS["vision_causal_lm"]
+    return default
 
 
 def _attr(path: str) -> Any:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from finetune.errors import ConfigError, FtError
 from finetune.hardware import Hardware, resolve_dtype
-from finetune.model_kinds import MODEL_KINDS, ModelKind, kind_of_task_type, model_kind
+from finetune.model_kinds import MODEL_KINDS, ModelKind, kind_of_config, kind_of_task_type, model_kind
 from finetune.recipe.schema import ModelSection, QLoraAdapter
 
 if TYPE_CHECKING:
@@ -136,6 +136,25 @@ def load_tokenizer(section: ModelSection) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def load_vision(section: ModelSection, kind: str) -> Any:
+    """The image processor of a vision-language model kind (data_templates.vision.VisionProcessor), read
+    from the model's preprocessor_config.json; None for a text kind."""
+    from data_templates.vision import load_vision as read_vision
+    from finetune.hub import hub_offline
+
+    chosen = model_kind(kind)
+    if chosen.image_processor is None:
+        return None
+    if not Path(section.name_or_path).expanduser().exists():
+        hub_offline()
+    try:
+        return read_vision(model_location(section), chosen.image_processor_class(), section.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name_or_path: {section.name_or_path} has no image processor ft can use for "
+                          f"model kind {kind} ({_first_line(err)}); a vision-language model directory holds "
+                          f"preprocessor_config.json next to config.json") from None
+
+
 def quantization_config(adapter: Any, hardware: Hardware, for_fsdp: bool = False) -> Any:
     """bitsandbytes 4-bit config for QLoRA, else None."""
     if not isinstance(adapter, QLoraAdapter):
@@ -233,6 +252,9 @@ def load_trained(path: str | Path, *, kind: str | None = None, dtype: str = "flo
     # An adapter's tokenizer says how many embedding rows its base needs; a whole model needs none.
     tokenizer = _tokenizer(final, base_path, trust_remote_code) if with_tokenizer or adapter else None
     chosen = model_kind(kind) if kind else adapter_kind(final) if adapter else MODEL_KINDS["causal_lm"]
+    config_file = Path(base_path or final) / "config.json"
+    if kind is None and config_file.is_file():  # a CAUSAL_LM adapter or full weights of a vision-language model
+        chosen = kind_of_config(json.loads(config_file.read_text()), chosen)
     kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype),
                               "trust_remote_code": trust_remote_code}
     if not adapter:

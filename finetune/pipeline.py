@@ -66,10 +66,12 @@ def load_data(recipe: RecipeBase, tokenizer: PreTrainedTokenizerBase, objective:
     from accelerate import PartialState
 
     from data_templates.prepare import prepare_data
+    from finetune.models import load_vision
 
+    vision = load_vision(recipe.model, objective.model_head)  # None but for a vision-language model
     with PartialState().main_process_first():
         return prepare_data(recipe.data, tokenizer, objective.data_form, loss_on=recipe.objective.loss_policy(),
-                            seed=recipe.seed, check_row=recipe.objective.check_row)
+                            seed=recipe.seed, check_row=recipe.objective.check_row, vision=vision)
 
 
 def report_data(recipe: RecipeBase, data: PreparedData) -> None:
@@ -193,7 +195,7 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         finally:
             guards[1].restore()  # the signal handlers, also when training raised
-    final_dir = run_files.save_final(trainer, tokenizer, run_dir)
+    final_dir = run_files.save_final(trainer, tokenizer, run_dir, _image_processor(section, objective))
     manifest = run_files.write_manifest(run_dir, recipe, hardware, model, data, template, started,
                                         extra={"batching": chosen.to_manifest(),
                                                "throughput": throughput.from_trainer(trainer, model, hardware)})
@@ -202,6 +204,14 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
         manifest = _export(run_dir, recipe, manifest)
     return RunResult(run_dir=run_dir, final_dir=final_dir, metrics=metrics, manifest=manifest)
 
+
+
+def _image_processor(section: ModelSection, objective: Objective) -> Any:
+    """What final/ saves next to the tokenizer for a vision-language model (preprocessor_config.json)."""
+    from finetune.models import load_vision
+
+    vision = load_vision(section, objective.model_head)
+    return vision.image_processor if vision is not None else None
 
 
 def _tracker_callbacks(recipe: RecipeBase, hardware: Hardware, model: Any) -> list[Any]:

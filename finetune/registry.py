@@ -31,6 +31,7 @@ BUILTIN_OBJECTIVE_MODULES: tuple[str, ...] = (
     "finetune.pretrain",
     "finetune.classify",
     "finetune.mlm",
+    "finetune.vlm",
     "align.dpo",
     "align.reward",
     "align.kto",

@@ -91,6 +91,12 @@ def _template_problems(recipe: RecipeBase, at) -> list[Problem]:
     return [at(("model", "chat_template"), f"unknown chat template {choice!r} ({hint})")]
 
 
+def _has_images(form: str) -> bool:
+    from data_templates.forms import data_form
+
+    return data_form(form).images
+
+
 def _dataset_problems(spec: DatasetSpec, path: KeyPath, objective: str, at) -> list[Problem]:
     from data_templates.formats import FORMATS, formats_for
     from finetune.registry import get_objective
@@ -115,6 +121,10 @@ def _dataset_problems(spec: DatasetSpec, path: KeyPath, objective: str, at) -> l
     if spec.format not in accepted:
         problems.append(at(path + ("format",), f"objective {objective!r} cannot train on {spec.format!r} data; "
                            f"use one of: {', '.join(accepted)}"))
+    if spec.format in accepted and fmt.form == form and Path(spec.path).expanduser().exists() and _has_images(form):
+        from data_templates.vision import image_problems
+
+        problems += [at(path + ("path",), problem) for problem in image_problems(spec)]
     for field in spec.columns:
         if field not in fmt.fields + fmt.optional:
             close = difflib.get_close_matches(field, list(fmt.fields + fmt.optional), n=1)
