@@ -198,6 +198,27 @@ def tokenize_vision_conversation(tokenizer: Any, vision: VisionProcessor, messag
     return {"input_ids": ids, "labels": labels, "image_paths": paths, "image_grid_thw": grids}
 
 
+def vision_prompt(tokenizer: Any, vision: VisionProcessor, messages: list[dict[str, Any]], source: str = ".") -> dict[str, Any]:
+    """Model inputs for the assistant's next turn after `messages` (image parts included): the ids of
+    `masking.prompt_ids` (the training rule) with each image expanded as in training, the pixels and
+    `mm_token_type_ids`, as one-row tensors."""
+    import torch
+
+    from data_templates.masking import prompt_ids
+
+    placeholder = image_placeholder(tokenizer)
+    paths = [resolve_image(ref, source) for ref in image_refs(messages)]
+    images = [open_image(path) for path in paths]
+    counts = iter(vision.tokens_for(vision.grid(image)) for image in images)
+    ids: list[int] = []
+    for token in prompt_ids(tokenizer, _flatten(messages, placeholder)):
+        ids += [token] * (next(counts, 0) if token == vision.image_token_id else 1)
+    input_ids = torch.tensor([ids])
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+              "mm_token_type_ids": (input_ids == vision.image_token_id).long()}
+    return {**inputs, **(vision.pixels(images) if images else {})}
+
+
 def truncate_vision(tokens: dict[str, Any], max_length: int, policy: str, image_token_id: int) -> dict[str, Any] | None:
     """The truncation policy for a row with images; None drops it. A cut that would split or remove an
     image's tokens drops the row: the model needs every image's tokens to match its pixels."""

@@ -112,8 +112,10 @@ def build_model(recipe: RecipeBase, section: ModelSection, hardware: Hardware, o
         old = model.get_input_embeddings().weight.shape[0]
         model.resize_token_embeddings(len(tokenizer))
         new_ids = list(range(old, len(tokenizer)))
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    # A vision-language model's top config has no pad id; its text config does.
+    text_config = model.config.get_text_config()
+    if getattr(text_config, "pad_token_id", None) is None:
+        text_config.pad_token_id = tokenizer.pad_token_id
     return apply_adapter(model, recipe.adapter, kind=objective.model_head,
                          gradient_checkpointing=recipe.training.gradient_checkpointing, new_token_ids=new_ids)
 
