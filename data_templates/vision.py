@@ -195,7 +195,8 @@ def tokenize_vision_conversation(tokenizer: Any, vision: VisionProcessor, messag
     if ids.count(vision.image_token_id) != sum(vision.tokens_for(grid) for grid in grids):
         raise ValueError(f"the rendered conversation has {tokens['input_ids'].count(vision.image_token_id)} image "
                          f"tokens for {len(paths)} images")
-    return {"input_ids": ids, "labels": labels, "image_paths": paths, "image_grid_thw": grids}
+    return {"input_ids": ids, "labels": labels, "image_paths": paths, "image_grid_thw": grids,
+            "image_tokens": [vision.tokens_for(grid) for grid in grids]}
 
 
 def vision_prompt(tokenizer: Any, vision: VisionProcessor, messages: list[dict[str, Any]], source: str = ".") -> dict[str, Any]:
@@ -236,15 +237,24 @@ def truncate_vision(tokens: dict[str, Any], max_length: int, policy: str, image_
 _IMAGE_RUN = r"(?:{token})+"
 
 
-def describe_images(text: str, image_token: str, images: list[tuple[str, int]]) -> str:
-    """`text` with each run of image tokens shown as `<image: PATH, N tokens>` (`ft data preview`)."""
-    described = iter(images)
+def image_describer(tokenizer: Any, row: dict[str, Any]) -> Any:
+    """A function that rewrites decoded text of `row` (a tokenized vision_sft row), each run of image
+    tokens shown as `<image: PATH, N tokens>` in order (`ft data preview`); it keeps its place across
+    calls, so the runs of a styled preview can be rewritten one by one."""
+    counts = list(row.get("image_tokens") or [])
+    ids = list(row["input_ids"])
+    candidates = tokenizer(image_placeholder(tokenizer), add_special_tokens=False)["input_ids"]
+    image_id = next((t for t in candidates if counts and ids.count(t) == sum(counts)), None)
+    described = iter(zip(row.get("image_paths") or [], counts))
+    if image_id is None:
+        return lambda text: text
+    pattern = re.compile(_IMAGE_RUN.format(token=re.escape(tokenizer.convert_ids_to_tokens(image_id))))
 
     def one(match: re.Match[str]) -> str:
-        path, count = next(described, ("?", match.group(0).count(image_token)))
+        path, count = next(described, ("?", 0))
         return f"<image: {path}, {count} tokens>"
 
-    return re.sub(_IMAGE_RUN.format(token=re.escape(image_token)), one, text)
+    return lambda text: pattern.sub(one, text)
 
 
 def load_vision(location: str, image_processor_class: Any, trust_remote_code: bool = False) -> VisionProcessor:
