@@ -67,8 +67,11 @@ def write_preprocessor(out: Path, max_pixels: int = TINY_MAX_PIXELS) -> None:
                                                              indent=2))
 
 
-def build_tiny_vlm(out: Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:
-    """Save a random Qwen2-VL (2 text layers, 2 vision blocks) with its tokenizer and image processor."""
+def build_tiny_vlm(out: Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 2,
+                   initializer_range: float = 0.02) -> Path:
+    """Save a random Qwen2-VL (2 text layers, 2 vision blocks) with its tokenizer and image processor.
+    `initializer_range`: the std of the random weights; as for `finetune.tiny.build_tiny_model`, a larger
+    one lets LoRA (the output layer frozen) fit a batch far below log(vocab)."""
     import torch
     from transformers import AutoModelForImageTextToText, Qwen2VLConfig
 
@@ -78,13 +81,14 @@ def build_tiny_vlm(out: Path, *, seed: int = 0, hidden_size: int = 64, layers: i
     half_head = hidden_size // heads // 2  # mrope splits each head's rotary half into t/h/w sections
     text = {"vocab_size": ids["vocab_size"], "hidden_size": hidden_size, "intermediate_size": hidden_size * 2,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": 2,
-            "max_position_embeddings": 2048, "tie_word_embeddings": True,
+            "max_position_embeddings": 2048, "tie_word_embeddings": True, "initializer_range": initializer_range,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                 "mrope_section": [half_head - 2 * (half_head // 3), half_head // 3, half_head // 3]},
             **{k: ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}}
-    vision = {"depth": 2, "embed_dim": 32, "hidden_size": hidden_size, "num_heads": 2, "mlp_ratio": 2,
+    vision = {"initializer_range": initializer_range, "depth": 2, "embed_dim": 32, "hidden_size": hidden_size, "num_heads": 2, "mlp_ratio": 2,
               "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
     config = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
+                           initializer_range=initializer_range,
                            **{k: v for k, v in ids.items() if k.endswith("token_id") and "bos" not in k
                               and "eos" not in k and "pad_token" not in k})
     with torch.random.fork_rng(devices=[]):
