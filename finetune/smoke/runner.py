@@ -20,7 +20,18 @@ MAX_LENGTH = 128  # tokens per example in a smoke run
 LEARN_STEPS = 6
 LEARN_ROWS = 4
 # Objectives whose loss on one repeated batch must fall; RL objectives' losses are sampled, not fitted.
-FITS_A_BATCH = {"sft": True, "pretrain": True, "dpo": True, "kto": True, "reward": True, "ppo": False, "grpo": False}
+FITS_A_BATCH = {"sft": True, "vlm_sft": True, "pretrain": True, "dpo": True, "kto": True, "reward": True,
+               "ppo": False, "grpo": False}
+
+
+def _shrunk_head(recipe: RecipeBase) -> str:
+    """The head the recipe's model is shrunk with: a vision-language objective's own (its model has a
+    vision tower); for the others a causal LM, whose weights every text head loads from."""
+    from finetune.model_kinds import model_kind
+    from finetune.registry import get_objective
+
+    head = get_objective(recipe.objective.kind).model_head
+    return head if model_kind(head).image_processor else "causal_lm"
 
 
 class _Shrinker:
@@ -60,7 +71,7 @@ class _Shrinker:
         raw["output_dir"] = str(self.new_root / stage)
         model = raw["model"]
         if not self._produced(model["name_or_path"]):
-            model["name_or_path"] = self.model(model["name_or_path"], model.get("revision"))
+            model["name_or_path"] = self.model(model["name_or_path"], model.get("revision"), _shrunk_head(recipe))
             model["revision"] = None
         self._score_models(raw, recipe, stage)
         self._data(raw["data"])
