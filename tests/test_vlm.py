@@ -198,3 +198,26 @@ def test_listings_name_the_new_kind_and_format() -> None:
     assert "vlm_sft" in CliRunner().invoke(app, ["recipes"]).output
     schema = CliRunner().invoke(app, ["schema"]).output
     assert "vlm_sft" in schema and "vision_messages" in schema and "train_vision" in schema
+
+
+def test_smoke_shrinks_the_vision_tower_and_keeps_the_processor(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoTokenizer
+
+    from finetune.smoke.shrink import shrink
+    from finetune.tiny_vlm import QWEN2_VL_PREPROCESSOR, QWEN2_VL_TEMPLATE
+    from tests._fake_hub import _QWEN2_VL_2B, write_vlm
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    write_vlm(tmp_path / "hf", "Qwen/Qwen2-VL-2B-Instruct", _QWEN2_VL_2B)
+    shrunk = shrink("Qwen/Qwen2-VL-2B-Instruct", tmp_path / "out", head="vision_causal_lm")
+    saved = json.loads((shrunk.path / "config.json").read_text())
+    text, vision = saved["text_config"], saved["vision_config"]
+    assert shrunk.architecture == "Qwen2VLForConditionalGeneration" and shrunk.parameters < 300_000
+    assert text["num_hidden_layers"] == 2 and text["hidden_size"] == 64
+    assert vision["depth"] == 2 and vision["embed_dim"] == 32 and vision["hidden_size"] == text["hidden_size"]
+    assert sum(text["rope_parameters"]["mrope_section"]) == 64 // text["num_attention_heads"] // 2
+    assert vision["patch_size"] == 14 and vision["spatial_merge_size"] == 2  # image token counts as the real one
+    assert saved["image_token_id"] == AutoTokenizer.from_pretrained(shrunk.path).convert_tokens_to_ids("<|image_pad|>")
+    assert json.loads((shrunk.path / "preprocessor_config.json").read_text()) == QWEN2_VL_PREPROCESSOR
+    assert AutoTokenizer.from_pretrained(shrunk.path).chat_template == QWEN2_VL_TEMPLATE
