@@ -221,3 +221,9 @@ def test_smoke_shrinks_the_vision_tower_and_keeps_the_processor(tmp_path: Path,
     assert saved["image_token_id"] == AutoTokenizer.from_pretrained(shrunk.path).convert_tokens_to_ids("<|image_pad|>")
     assert json.loads((shrunk.path / "preprocessor_config.json").read_text()) == QWEN2_VL_PREPROCESSOR
     assert AutoTokenizer.from_pretrained(shrunk.path).chat_template == QWEN2_VL_TEMPLATE
+
+
+def test_train_vision_on_a_text_objective_is_refused_at_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(RecipeError, match="adapter.train_vision: objective 'sft' trains a text model"):
+        load_recipe(ROOT / "recipes" / "sft_lora.yaml", ["adapter.train_vision=true"])

@@ -70,6 +70,10 @@ def _mixing_problems(recipe: RecipeBase, at) -> list[Problem]:
     if recipe.model.router_aux_loss_coef is not None and get_objective(recipe.objective.kind).config_class != "trl:SFTConfig":
         problems.append(at(("model", "router_aux_loss_coef"), f"objective {recipe.objective.kind!r} does not add the "
                            "router loss; it is for sft and pretrain (remove the key)"))
+    if getattr(recipe.adapter, "train_vision", False) and get_objective(recipe.objective.kind).model_head != \
+            "vision_causal_lm":
+        problems.append(at(("adapter", "train_vision"), f"objective {recipe.objective.kind!r} trains a text model, "
+                           "which has no vision tower; train_vision is for vlm_sft (remove the key)"))
     if recipe.data.packing and not data_form(form).packs:
         problems.append(at(("data", "packing"), f"objective {recipe.objective.kind!r} does not pack examples; "
                            "packing is for sft, pretrain and mlm"))
