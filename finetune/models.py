@@ -252,9 +252,8 @@ def load_trained(path: str | Path, *, kind: str | None = None, dtype: str = "flo
     # An adapter's tokenizer says how many embedding rows its base needs; a whole model needs none.
     tokenizer = _tokenizer(final, base_path, trust_remote_code) if with_tokenizer or adapter else None
     chosen = model_kind(kind) if kind else adapter_kind(final) if adapter else MODEL_KINDS["causal_lm"]
-    config_file = Path(base_path or final) / "config.json"
-    if kind is None and config_file.is_file():  # a CAUSAL_LM adapter or full weights of a vision-language model
-        chosen = kind_of_config(json.loads(config_file.read_text()), chosen)
+    if kind is None:  # a CAUSAL_LM adapter or full weights of a vision-language model
+        chosen = kind_of_config(_config_dict(base_path or final, trust_remote_code), chosen)
     kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype),
                               "trust_remote_code": trust_remote_code}
     if not adapter:
@@ -263,6 +262,17 @@ def load_trained(path: str | Path, *, kind: str | None = None, dtype: str = "flo
     # head size the adapter was trained with must be given.
     base = _from_pretrained(chosen, base_path, {**kwargs, **({"num_labels": num_labels} if num_labels else {})})
     return attach_adapter(base, final, vocab_size=len(tokenizer), merge=merge), tokenizer
+
+
+def _config_dict(location: str | Path, trust_remote_code: bool) -> dict[str, Any]:
+    """config.json of a local model directory or a cached Hub model ({} when it cannot be read: the
+    loader that follows says why)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code).to_dict()
+    except (OSError, ValueError):
+        return {}
 
 
 def _from_pretrained(kind: ModelKind, location: str | Path, kwargs: dict[str, Any]) -> Any:
