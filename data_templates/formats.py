@@ -114,7 +114,7 @@ def _content_parts(content: Any, where: str, role: str) -> str | list[dict[str, 
         at = f"{where}.content[{j}]"
         if _is_image_part(part):
             if role != "user":
-                raise RowError(f"{at}: an image in a {role} turn; images go in user turns")
+                raise RowError(f"{at}: an image in a turn of role {role}; images go in user turns")
             ref = next((part[key] for key in IMAGE_KEYS if key in part), None)
             if not isinstance(ref, str) or not ref.strip():
                 raise RowError(f"{at}: an image part needs a file path or URL in one of {', '.join(IMAGE_KEYS)}")

@@ -227,3 +227,26 @@ def test_train_vision_on_a_text_objective_is_refused_at_validate(monkeypatch: py
     monkeypatch.chdir(ROOT)
     with pytest.raises(RecipeError, match="adapter.train_vision: objective 'sft' trains a text model"):
         load_recipe(ROOT / "recipes" / "sft_lora.yaml", ["adapter.train_vision=true"])
+
+
+@pytest.mark.parametrize(("content_of", "why"), [
+    ({"assistant": [{"type": "image", "image": "a.png"}]}, "messages[1].content[0]: an image in a turn of role assistant"),
+    ({"user": [{"type": "image"}]}, "messages[0].content[0]: an image part needs a file path or URL"),
+    ({"user": [{"type": "audio", "audio": "a.wav"}]}, "messages[0].content[0] must be {type: text, text: ...}"),
+])
+def test_bad_content_parts_name_the_key(content_of: dict[str, Any], why: str) -> None:
+    from data_templates.formats import FORMATS, RowError
+
+    row = _row("a.png")
+    for message in row["messages"]:
+        message["content"] = content_of.get(message["role"], message["content"])
+    with pytest.raises(RowError) as err:
+        FORMATS["vision_messages"].convert(row)
+    assert why in str(err.value)
+
+
+def test_vlm_sft_on_a_text_model_says_it_is_not_a_vision_language_model(tmp_path: Path, chat_model: Path) -> None:
+    _image(tmp_path / "ok.png", (56, 56))
+    path = _recipe(tmp_path, chat_model, [_row("ok.png")])
+    with pytest.raises(FtError, match="has no image_token_id, so this is not a vision-language model"):
+        _prepare(path)
