@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from finetune.errors import ConfigError, FtError
 from finetune.hardware import Hardware, resolve_dtype
-from finetune.model_kinds import MODEL_KINDS, ModelKind, kind_of_config, kind_of_task_type, model_kind
+from finetune.model_kinds import (
+    MODEL_KINDS,
+    ModelKind,
+    kind_of_config,
+    kind_of_task_type,
+    model_kind,
+)
 from finetune.recipe.schema import ModelSection, QLoraAdapter
 
 if TYPE_CHECKING:

@@ -32,11 +32,11 @@ class VLMSFTSection(ObjectiveSection):
     def recipe_problems(self, recipe: RecipeBase) -> list[tuple[tuple[str | int, ...], str]]:
         problems: list[tuple[tuple[str | int, ...], str]] = []
         if recipe.data.batching == "padding_free":
-            problems.append((("data", "batching"), "vlm_sft pads its batches (the model places image tokens by "
-                             "position); use length or random"))
+            problems.append((("data", "batching"), ("vlm_sft pads its batches (the model places image tokens by "
+                                                    "position); use length or random")))
         if recipe.data.truncation == "keep_end":
-            problems.append((("data", "truncation"), "vlm_sft: keep_end would cut the images off the start of a "
-                             "conversation; use keep_start or drop"))
+            problems.append((("data", "truncation"), ("vlm_sft: keep_end would cut the images off the start of a "
+                                                      "conversation; use keep_start or drop")))
         return problems
 
 

@@ -107,7 +107,11 @@ _QWEN2_VL_2B = {
 def write_vlm(root: Path, name: str, config: dict) -> Path:
     """A Qwen2-VL entry: config, the published preprocessor_config.json, a tiny tokenizer with the real
     special tokens and chat template."""
-    from finetune.tiny_vlm import QWEN2_VL_PREPROCESSOR, build_vlm_tokenizer, special_ids
+    from finetune.tiny_vlm import (
+        QWEN2_VL_PREPROCESSOR,
+        build_vlm_tokenizer,
+        special_ids,
+    )
 
     snapshot = root / "hub" / f"models--{name.replace('/', '--')}" / "snapshots" / REVISION
     tokenizer = build_vlm_tokenizer(CORPUS)

@@ -250,3 +250,23 @@ def test_vlm_sft_on_a_text_model_says_it_is_not_a_vision_language_model(tmp_path
     path = _recipe(tmp_path, chat_model, [_row("ok.png")])
     with pytest.raises(FtError, match="has no image_token_id, so this is not a vision-language model"):
         _prepare(path)
+
+
+def test_a_cut_through_an_image_drops_the_row() -> None:
+    from data_templates.vision import truncate_vision
+
+    row = {"input_ids": [1, 7, 7, 7, 2, 3, 4], "labels": [-100, -100, -100, -100, -100, 3, 4],
+           "image_paths": ["a.png"], "image_grid_thw": [[1, 2, 6]], "image_tokens": [3]}
+    assert truncate_vision(row, 7, "keep_start", 7) is row
+    assert truncate_vision(row, 5, "keep_start", 7)["input_ids"] == [1, 7, 7, 7, 2]  # the image stays whole
+    assert truncate_vision(row, 3, "keep_start", 7) is None  # would split the image
+    assert truncate_vision(row, 5, "keep_end", 7) is None  # would split the image
+    assert truncate_vision(row, 6, "drop", 7) is None
+
+
+def test_recipe_settings_vlm_sft_cannot_honour_fail_at_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(RECIPE, ["data.batching=padding_free", "data.truncation=keep_end", "data.packing=true"])
+    for key in ("data.batching: vlm_sft pads", "data.truncation: vlm_sft: keep_end", "data.packing"):
+        assert key in str(err.value)
