@@ -184,7 +184,10 @@ def tokenize_vision_conversation(tokenizer: Any, vision: VisionProcessor, messag
         except RowError as err:
             raise RowError(f"{key}: {err}") from None
     tokens = tokenize_conversation(tokenizer, flat, loss_on)  # type: ignore[arg-type]
-    untrained = set(tokenizer(placeholder, add_special_tokens=False)["input_ids"])
+    # The placeholder's added tokens (vision start/end, the image token): never trained, wherever they are.
+    # Its plain words (a template's "Picture 1: ") stay ordinary text.
+    untrained = {vision.image_token_id} | (set(tokenizer(placeholder, add_special_tokens=False)["input_ids"])
+                                           & set(tokenizer.added_tokens_decoder))
     ids: list[int] = []
     labels: list[int] = []
     counts = iter(vision.tokens_for(grid) for grid in grids)
