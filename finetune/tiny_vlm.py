@@ -67,13 +67,24 @@ def write_preprocessor(out: Path, max_pixels: int = TINY_MAX_PIXELS) -> None:
                                                              indent=2))
 
 
-def build_tiny_vlm(out: Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 2,
+# The vision tower of each supported family, tiny: Qwen2-VL's `hidden_size` is what its merger hands the
+# language model; Qwen2.5-VL has its own width and `out_hidden_size` for that.
+_VISION: dict[str, tuple[str, dict[str, Any]]] = {
+    "qwen2_vl": ("Qwen2VLConfig", {"depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2}),
+    "qwen2_5_vl": ("Qwen2_5_VLConfig", {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                                        "window_size": 56, "fullatt_block_indexes": [1]}),
+}
+
+
+def build_tiny_vlm(out: Path, *, arch: str = "qwen2_vl", seed: int = 0, hidden_size: int = 64, layers: int = 2,
                    initializer_range: float = 0.02) -> Path:
-    """Save a random Qwen2-VL (2 text layers, 2 vision blocks) with its tokenizer and image processor.
-    `initializer_range`: the std of the random weights; as for `finetune.tiny.build_tiny_model`, a larger
-    one lets LoRA (the output layer frozen) fit a batch far below log(vocab)."""
+    """Save a random Qwen2-VL (or `arch` qwen2_5_vl: Qwen2.5-VL), 2 text layers and 2 vision blocks, with
+    its tokenizer and image processor. `initializer_range`: the std of the random weights; as for
+    `finetune.tiny.build_tiny_model`, a larger one lets LoRA (the output layer frozen) fit a batch far
+    below log(vocab)."""
     import torch
-    from transformers import AutoModelForImageTextToText, Qwen2VLConfig
+    import transformers
+    from transformers import AutoModelForImageTextToText
 
     tokenizer = build_vlm_tokenizer()
     ids = special_ids(tokenizer)
@@ -85,12 +96,13 @@ def build_tiny_vlm(out: Path, *, seed: int = 0, hidden_size: int = 64, layers: i
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                 "mrope_section": [half_head - 2 * (half_head // 3), half_head // 3, half_head // 3]},
             **{k: ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}}
-    vision = {"initializer_range": initializer_range, "depth": 2, "embed_dim": 32, "hidden_size": hidden_size, "num_heads": 2, "mlp_ratio": 2,
-              "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
-    config = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
-                           initializer_range=initializer_range,
-                           **{k: v for k, v in ids.items() if k.endswith("token_id") and "bos" not in k
-                              and "eos" not in k and "pad_token" not in k})
+    config_class, tower = _VISION[arch]
+    width = {"hidden_size" if arch == "qwen2_vl" else "out_hidden_size": hidden_size}  # what the LM reads
+    vision = {**width, **tower, "initializer_range": initializer_range, "in_channels": 3, "patch_size": 14,
+              "spatial_merge_size": 2, "temporal_patch_size": 2}
+    tokens = {k: v for k, v in ids.items() if k.endswith("token_id") and k.split("_")[0] in ("vision", "image", "video")}
+    config = getattr(transformers, config_class)(text_config=text, vision_config=vision, tie_word_embeddings=True,
+                                                 initializer_range=initializer_range, **tokens)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)

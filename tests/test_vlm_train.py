@@ -92,3 +92,12 @@ def test_full_fine_tuning_freezes_the_vision_tower_by_default(tiny_vlm: Path, tm
     frozen = {n for n in snap.before if n not in snap.trainable}
     assert frozen == {n for n in snap.before if ".visual." in n} and frozen
     assert not frozen & snap.changed() and snap.changed()
+
+
+def test_qwen2_5_vl_trains_the_same_way(tmp_path: Path) -> None:
+    model = build_tiny_vlm(tmp_path / "qwen2.5-vl", arch="qwen2_5_vl", initializer_range=0.3)
+    result, snap = _train(tmp_path, model, "training.max_steps=3")
+    assert type(snap.model.get_base_model()).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert snap.trainable and all(".language_model." in n and "lora_" in n for n in snap.trainable)
+    assert snap.changed() == snap.trainable
+    assert (result.final_dir / "preprocessor_config.json").is_file()
