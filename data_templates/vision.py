@@ -260,11 +260,13 @@ def image_describer(tokenizer: Any, row: dict[str, Any]) -> Any:
     return lambda text: pattern.sub(one, text)
 
 
-def load_vision(location: str, image_processor_class: Any, trust_remote_code: bool = False) -> VisionProcessor:
-    """The image processor saved with a model (preprocessor_config.json) and the config's image token."""
+def load_vision(location: str, image_processor_class: Any, trust_remote_code: bool = False,
+                config_location: str | None = None) -> VisionProcessor:
+    """The image processor saved with a model (preprocessor_config.json) and the image token of its config
+    (`config_location`'s: a LoRA run's final/ has the processor, its base the config)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(config_location or location, trust_remote_code=trust_remote_code)
     token = getattr(config, "image_token_id", None)
     if token is None:
         raise ValueError(f"{location}: config.json has no image_token_id, so this is not a vision-language model "

@@ -153,8 +153,13 @@ def load_vision(section: ModelSection, kind: str) -> Any:
         return None
     if not Path(section.name_or_path).expanduser().exists():
         hub_offline()
+    location = model_location(section)
+    # A LoRA run named as the model (merged into base/ before training): its final/ has the image
+    # processor, its base the config.
+    base = json.loads((Path(location) / "adapter_config.json").read_text())["base_model_name_or_path"] \
+        if is_adapter_dir(location) else None
     try:
-        return read_vision(model_location(section), chosen.image_processor_class(), section.trust_remote_code)
+        return read_vision(location, chosen.image_processor_class(), section.trust_remote_code, base)
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.name_or_path: {section.name_or_path} has no image processor ft can use for "
                           f"model kind {kind} ({_first_line(err)}); a vision-language model directory holds "
@@ -335,9 +340,20 @@ def merge_adapter(adapter_dir: str, out: Path) -> Path:
     def save(tmp: Path) -> None:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        copy_image_processor(adapter_dir, tmp)
 
     save_dir_atomic(out, save)
     return out
+
+
+def copy_image_processor(model_dir: str | Path, out: Path) -> None:
+    """A vision-language model's preprocessor_config.json goes wherever its weights are written (a merged
+    base, an export); a text model has none."""
+    import shutil
+
+    src = final_dir(model_dir) / "preprocessor_config.json"
+    if src.is_file():
+        shutil.copyfile(src, out / "preprocessor_config.json")
 
 
 def _local_device(hardware: Hardware) -> Any:

@@ -101,3 +101,23 @@ def test_qwen2_5_vl_trains_the_same_way(tmp_path: Path) -> None:
     assert snap.trainable and all(".language_model." in n and "lora_" in n for n in snap.trainable)
     assert snap.changed() == snap.trainable
     assert (result.final_dir / "preprocessor_config.json").is_file()
+
+
+def test_merged_export_and_a_next_stage_keep_the_image_processor(lora_run: tuple[RunResult, Snapshot],
+                                                                 tmp_path: Path) -> None:
+    from finetune.export import export
+    from finetune.generate import generate, load_vision_for_generation
+    from finetune.models import load_trained
+
+    result, _ = lora_run
+    merged = export(result.run_dir, "merged", out=tmp_path / "merged").out
+    assert (merged / "preprocessor_config.json").is_file() and not (merged / "adapter_config.json").exists()
+    model, tokenizer = load_trained(merged)
+    assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+    prompt = [{"role": "user", "content": [{"type": "image", "image": str(IMAGE)},
+                                           {"type": "text", "text": "What is in this picture?"}]}]
+    assert generate(model, tokenizer, prompt, 32, load_vision_for_generation(merged, model)) == ANSWER
+    # A vlm_sft run on the LoRA run's final/: merged into its base/ first, image processor included.
+    (tmp_path / "next").mkdir()
+    _, snap = _train(tmp_path / "next", result.final_dir, "training.max_steps=1")
+    assert (tmp_path / "next" / "run" / "base" / "preprocessor_config.json").is_file() and snap.changed()
