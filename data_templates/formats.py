@@ -127,26 +127,6 @@ def _content_parts(content: Any, where: str, role: str) -> str | list[dict[str, 
     return parts
 
 
-@register_format("vision_messages", form="vision_sft", fields=("messages",),
-                 description="role/content messages whose user turns hold text and image parts "
-                             "({type: image, image: PATH or URL}), for vision-language models (vlm_sft).")
-def _vision_messages(row: dict[str, Any]) -> dict[str, Any]:
-    value = row.get("messages")
-    if not isinstance(value, list) or not value:
-        raise RowError("field 'messages' must be a non-empty list of messages")
-    messages = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise RowError(f"messages[{i}] must have 'role' and 'content'")
-        if message["role"] not in ROLES:
-            raise RowError(f"messages[{i}] has unknown role {message['role']!r} (expected one of {', '.join(ROLES)})")
-        messages.append({"role": message["role"],
-                         "content": _content_parts(message["content"], f"messages[{i}]", message["role"])})
-    if not any(m["role"] == "assistant" for m in messages):
-        raise RowError("field 'messages' has no assistant turn")
-    return {"messages": messages}
-
-
 @register_format("text", form="text", fields=("text",), description="Raw text, for continued pretraining.")
 def _text(row: dict[str, Any]) -> dict[str, Any]:
     return {"text": require_str(row, "text")}
@@ -282,3 +262,25 @@ def _classification(row: dict[str, Any]) -> dict[str, Any]:
     pair = row.get("text_pair")
     return {"text": require_str(row, "text"), "text_pair": None if pair is None else require_str(row, "text_pair"),
             "label": label}
+
+
+# Registered last: a row with a `messages` field fits `messages` and this alike, and guessing a format
+# from a row's fields (`ft eval --data`) takes the first that fits, the text one.
+@register_format("vision_messages", form="vision_sft", fields=("messages",),
+                 description="role/content messages whose user turns hold text and image parts "
+                             "({type: image, image: PATH or URL}), for vision-language models (vlm_sft).")
+def _vision_messages(row: dict[str, Any]) -> dict[str, Any]:
+    value = row.get("messages")
+    if not isinstance(value, list) or not value:
+        raise RowError("field 'messages' must be a non-empty list of messages")
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise RowError(f"messages[{i}] must have 'role' and 'content'")
+        if message["role"] not in ROLES:
+            raise RowError(f"messages[{i}] has unknown role {message['role']!r} (expected one of {', '.join(ROLES)})")
+        messages.append({"role": message["role"],
+                         "content": _content_parts(message["content"], f"messages[{i}]", message["role"])})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError("field 'messages' has no assistant turn")
+    return {"messages": messages}
