@@ -265,12 +265,14 @@ def generate(
     prompt: Annotated[str, typer.Option(help="The user message.")],
     system: Annotated[str | None, typer.Option(help="An optional system message.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Maximum tokens to generate.")] = 128,
+    image: Annotated[list[Path] | None, typer.Option(help="An image file shown before the prompt (vision-language "
+                                                      "runs); repeat for several.")] = None,
 ) -> None:
     """Print the trained model's greedy answer to one prompt (chat template applied)."""
     with _user_errors():
         from finetune.api import generate as generate_api
 
-        typer.echo(generate_api(run_dir, prompt, system=system, max_new_tokens=max_new_tokens))
+        typer.echo(generate_api(run_dir, prompt, system=system, max_new_tokens=max_new_tokens, images=image or []))
 
 
 @app.command("export")

@@ -9,6 +9,8 @@ A format names the fields it reads (users map their own column names onto them w
 - unpaired_preference: {"prompt": ..., "completion": ..., "label": bool}
 - prompt_only:         {"prompt": ..., plus any extra columns, e.g. a reference answer}
 - classification:      {"text": str, "text_pair": str | None, "label": str | int | float | list}
+- vision_sft:          {"messages": [...]} where a user turn's content may be a list of parts,
+                       {"type": "text", "text": str} and {"type": "image", "image": path or URL}
 
 A row that does not fit raises `RowError`; the caller adds file and row number.
 """
@@ -80,12 +82,49 @@ def check_messages(value: Any, field: str, *, need_assistant: bool = True) -> li
         role, content = message["role"], message["content"]
         if role not in ROLES:
             raise RowError(f"{field}[{i}] has unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        if isinstance(content, list) and any(_is_image_part(part) for part in content):
+            raise RowError(f"{field}[{i}].content has an image part, but this format and objective are text-only; "
+                           f"train images with format: vision_messages, objective.kind: vlm_sft and a "
+                           f"vision-language model")
         if not isinstance(content, str):
             raise RowError(f"{field}[{i}].content must be text, got {type(content).__name__}")
         messages.append({"role": role, "content": content})
     if need_assistant and not any(m["role"] == "assistant" for m in messages):
         raise RowError(f"field {field!r} has no assistant turn")
     return messages
+
+
+# The keys an image content part may name its file or URL with (the standard content-part format).
+IMAGE_KEYS = ("image", "path", "url")
+
+
+def _is_image_part(part: Any) -> bool:
+    return isinstance(part, dict) and (part.get("type") == "image" or any(key in part for key in IMAGE_KEYS))
+
+
+def _content_parts(content: Any, where: str, role: str) -> str | list[dict[str, str]]:
+    """A message's content as text, or as a list of text and image parts normalised to
+    {"type": "text", "text": ...} / {"type": "image", "image": path-or-URL}."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not content:
+        raise RowError(f"{where}.content must be text or a non-empty list of content parts")
+    parts: list[dict[str, str]] = []
+    for j, part in enumerate(content):
+        at = f"{where}.content[{j}]"
+        if _is_image_part(part):
+            if role != "user":
+                raise RowError(f"{at}: an image in a turn of role {role}; images go in user turns")
+            ref = next((part[key] for key in IMAGE_KEYS if key in part), None)
+            if not isinstance(ref, str) or not ref.strip():
+                raise RowError(f"{at}: an image part needs a file path or URL in one of {', '.join(IMAGE_KEYS)}")
+            parts.append({"type": "image", "image": ref})
+        elif isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        else:
+            raise RowError(f"{at} must be {{type: text, text: ...}} or {{type: image, image: PATH or URL}}, "
+                           f"got {part!r}")
+    return parts
 
 
 @register_format("text", form="text", fields=("text",), description="Raw text, for continued pretraining.")
@@ -223,3 +262,25 @@ def _classification(row: dict[str, Any]) -> dict[str, Any]:
     pair = row.get("text_pair")
     return {"text": require_str(row, "text"), "text_pair": None if pair is None else require_str(row, "text_pair"),
             "label": label}
+
+
+# Registered last: a row with a `messages` field fits `messages` and this alike, and guessing a format
+# from a row's fields (`ft eval --data`) takes the first that fits, the text one.
+@register_format("vision_messages", form="vision_sft", fields=("messages",),
+                 description="role/content messages whose user turns hold text and image parts "
+                             "({type: image, image: PATH or URL}), for vision-language models (vlm_sft).")
+def _vision_messages(row: dict[str, Any]) -> dict[str, Any]:
+    value = row.get("messages")
+    if not isinstance(value, list) or not value:
+        raise RowError("field 'messages' must be a non-empty list of messages")
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise RowError(f"messages[{i}] must have 'role' and 'content'")
+        if message["role"] not in ROLES:
+            raise RowError(f"messages[{i}] has unknown role {message['role']!r} (expected one of {', '.join(ROLES)})")
+        messages.append({"role": message["role"],
+                         "content": _content_parts(message["content"], f"messages[{i}]", message["role"])})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError("field 'messages' has no assistant turn")
+    return {"messages": messages}

@@ -25,6 +25,9 @@ class DataForm:
     # How ft tokenizes an example of a tokenized form (data_templates.prepare.EXAMPLE_TOKENIZERS):
     # "decoder" one sequence with a loss mask; "seq2seq" an encoder source and a decoder target.
     example: str = "decoder"
+    # Rows name image files: ft reads them with the model's image processor (tokenization expands each
+    # into its image tokens; the collator makes pixel values), and `ft validate` checks they exist.
+    images: bool = False
 
 
 DATA_FORMS: dict[str, DataForm] = {
@@ -57,6 +60,10 @@ DATA_FORMS: dict[str, DataForm] = {
                  "be masked, and a fresh objective.mlm_probability share of them is masked in each batch. With "
                  "data.packing the texts are joined and cut into rows of max_length tokens, with full attention "
                  "across the joined texts (as in BERT-style pre-training)."),
+        # Tokenized rows hold image paths, not pixels: the data cache (keyed on the data file, not the
+        # images) is not used for them, so an edited image is never trained with stale token counts.
+        DataForm("vision_sft", ("vision_sft",), tokenized=True, packs=False, chat=True, preview="vision",
+                 description="conversations whose user turns hold text and images", images=True),
     )
 }
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
+    from data_templates.vision import VisionProcessor
+
 
 
 class DataError(FtError, ValueError):
@@ -184,10 +186,35 @@ def truncate(tokens: dict[str, list[int]], max_length: int, policy: str) -> dict
     return {key: value[cut] for key, value in tokens.items()}
 
 
+def _vision_tokens(tokenizer: PreTrainedTokenizerBase, rows: list[Row], loss_on: str,
+                   vision: VisionProcessor) -> list[dict[str, Any] | str]:
+    """Each image-text row's tokens (images expanded) or the reason it cannot be tokenized. One process:
+    the image processor, not the tokenizer, is the cost, and the rows need their file's folder."""
+    from data_templates.vision import tokenize_vision_conversation
+
+    out: list[dict[str, Any] | str] = []
+    for origin, row in rows:
+        try:
+            out.append(tokenize_vision_conversation(tokenizer, vision, row["messages"], loss_on, origin.source))
+        except ValueError as err:
+            out.append(str(err))
+    return out
+
+
+def _truncate(tokens: dict[str, Any], data: DataSection, vision: VisionProcessor | None) -> dict[str, Any] | None:
+    if vision is None:
+        return truncate(tokens, data.max_length, data.truncation)
+    from data_templates.vision import truncate_vision
+
+    return truncate_vision(tokens, data.max_length, data.truncation, vision.image_token_id)
+
+
 def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: list[Row], data: DataSection,
-                  loss_on: str, stats: DatasetStats, form: str = "sft") -> list[dict[str, list[int]]]:
+                  loss_on: str, stats: DatasetStats, form: str = "sft",
+                  vision: VisionProcessor | None = None) -> list[dict[str, Any]]:
     """Tokenized, truncated examples; counts truncated and dropped rows into `stats`. An
-    encoder-decoder's (seq2seq) source and target are each truncated to data.max_length."""
+    encoder-decoder's (seq2seq) source and target are each truncated to data.max_length. With
+    `vision`, rows hold images (data form vision_sft)."""
     chat = data_form(form).chat
     if chat and not getattr(tokenizer, "chat_template", None) and any("messages" in row for _, row in rows):
         # A setup problem, not a bad row: say it once instead of for every row.
@@ -195,12 +222,14 @@ def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: list[Row], data: Dat
                         "model.chat_template (chatml, llama3, mistral, gemma, phi3, alpaca, completion or a "
                         ".jinja file)")
     out = []
-    for (origin, _), tokens in zip(rows, parallel.tokenize_all(
-            tokenizer, [row for _, row in rows], loss_on, tokenize=EXAMPLE_TOKENIZERS[data_form(form).example])):
+    tokenized = (_vision_tokens(tokenizer, rows, loss_on, vision) if vision is not None
+                 else parallel.tokenize_all(tokenizer, [row for _, row in rows], loss_on,
+                                            tokenize=EXAMPLE_TOKENIZERS[data_form(form).example]))
+    for (origin, _), tokens in zip(rows, tokenized):
         if isinstance(tokens, str):  # the template cannot render this row, or it has nothing to train on
             _bad_row(stats, data.bad_rows, str(origin), tokens)
             continue
-        kept = truncate(tokens, data.max_length, data.truncation)
+        kept = _truncate(tokens, data, vision)
         if kept is None or all(label == -100 for label in kept["labels"]):
             stats.dropped += 1  # nothing left to learn from in this row
             continue
@@ -234,11 +263,12 @@ def _lengths(dataset: Dataset) -> list[int]:
 
 
 def load_one(spec: DatasetSpec, name: str, data: DataSection, tokenizer: PreTrainedTokenizerBase,
-             form: str, loss_on: str, check_row: Callable[[dict[str, Any]], None] | None = None
-             ) -> tuple[Dataset, DatasetStats]:
+             form: str, loss_on: str, check_row: Callable[[dict[str, Any]], None] | None = None,
+             vision: VisionProcessor | None = None) -> tuple[Dataset, DatasetStats]:
     """One dataset, ready to assemble: from the cache when it has it, else read and tokenized now."""
     stats = DatasetStats(name, tokenized=data_form(form).tokenized)
-    key = cache.cache_key(spec, data, tokenizer, form=form, loss_on=loss_on) if stats.tokenized and data.cache else None
+    cached = stats.tokenized and data.cache and not data_form(form).images
+    key = cache.cache_key(spec, data, tokenizer, form=form, loss_on=loss_on) if cached else None
     hit = cache.load(key) if key else None
     if hit is not None:
         dataset, meta = hit
@@ -249,7 +279,13 @@ def load_one(spec: DatasetSpec, name: str, data: DataSection, tokenizer: PreTrai
     rows = canonical_rows(spec, data.bad_rows, stats, check_row)
     if not stats.tokenized:
         return to_dataset([row for _, row in rows], name), stats
-    dataset = to_dataset(tokenize_rows(tokenizer, rows, data, loss_on, stats, form), name)
+    if data_form(form).images:
+        from data_templates.vision import require_images
+
+        require_images(rows, name)
+        if vision is None:
+            raise DataError(f"{name}: the rows hold images, but no image processor was given")
+    dataset = to_dataset(tokenize_rows(tokenizer, rows, data, loss_on, stats, form, vision), name)
     if key:
         dataset = cache.store(key, dataset, {"stats": stats.to_meta(), "source": spec.path})
     return dataset, stats
@@ -294,12 +330,14 @@ def _assemble(train: list[tuple[Dataset, DatasetStats]], data: DataSection, seed
 
 
 def prepare_data(data: DataSection, tokenizer: PreTrainedTokenizerBase, form: str, *, loss_on: str = "assistant",
-                 seed: int = 42, check_row: Callable[[dict[str, Any]], None] | None = None) -> PreparedData:
+                 seed: int = 42, check_row: Callable[[dict[str, Any]], None] | None = None,
+                 vision: VisionProcessor | None = None) -> PreparedData:
     """Train and validation datasets for an objective consuming `form`, with per-dataset stats.
-    `check_row` is the objective's own test of a canonical example (RowError for a bad one)."""
-    train = [load_one(spec, f"train[{i}] {spec.path}", data, tokenizer, form, loss_on, check_row)
+    `check_row` is the objective's own test of a canonical example (RowError for a bad one); `vision`
+    the image processor of a vision-language model (data form vision_sft)."""
+    train = [load_one(spec, f"train[{i}] {spec.path}", data, tokenizer, form, loss_on, check_row, vision)
              for i, spec in enumerate(data.train)]
-    given = [load_one(spec, f"validation[{i}] {spec.path}", data, tokenizer, form, loss_on, check_row)
+    given = [load_one(spec, f"validation[{i}] {spec.path}", data, tokenizer, form, loss_on, check_row, vision)
              for i, spec in enumerate(data.validation)]
     notes: list[str] = []
     train_sets, held = _assemble(train, data, seed, notes)

@@ -74,7 +74,21 @@ _PREVIEWS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     # An encoder-decoder's row: the encoder's source (no loss) and the decoder's target (all trained).
     "source_target": lambda tok, row: {"source": tokens(tok, row["input_ids"], [IGNORE_INDEX] * len(row["input_ids"])),
                                        "target": tokens(tok, row["labels"], row["labels"])},
+    "vision": lambda tok, row: _with_images(tok, row),
 }
+
+
+def _with_images(tokenizer: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """An image-text row: the trainer's tokens, its text with each image's tokens shown as
+    `<image: PATH, N tokens>`, and its images."""
+    from data_templates.vision import image_describer
+
+    shown = tokens(tokenizer, row["input_ids"], row["labels"])
+    shown["text"] = image_describer(tokenizer, row)(shown["text"])
+    shown["images"] = [{"path": path, "tokens": count, "grid_thw": grid} for path, count, grid in
+                       zip(row["image_paths"] or [], row["image_tokens"] or [], row["image_grid_thw"] or [])]
+    shown["image_paths"], shown["image_tokens"] = row["image_paths"], row["image_tokens"]
+    return shown
 
 
 def _maskable(tokenizer: Any, row: dict[str, Any]) -> dict[str, Any]:
@@ -138,13 +152,24 @@ def styled(tokenizer: Any, example: dict[str, Any]) -> Text:
 
     text = Text()
     ids, labels = example["input_ids"], example["labels"]
+    rewrite = _image_rewriter(tokenizer, example)
     start = 0
     for end in range(1, len(ids) + 1):
         if end == len(ids) or (labels[end] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
-            run = tokenizer.decode(ids[start:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            run = rewrite(tokenizer.decode(ids[start:end], skip_special_tokens=False,
+                                           clean_up_tokenization_spaces=False))
             text.append(run, style=TRAINED if labels[start] != IGNORE_INDEX else UNTRAINED)
             start = end
     return text
+
+
+def _image_rewriter(tokenizer: Any, example: dict[str, Any]) -> Callable[[str], str]:
+    """Image-text rows show each image's tokens as `<image: PATH, N tokens>`; other text as it is."""
+    if not example.get("image_paths"):
+        return lambda text: text
+    from data_templates.vision import image_describer
+
+    return image_describer(tokenizer, example)
 
 
 def _parts(example: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -33,10 +33,23 @@ def _num_layers(model: Any, layer: re.Pattern[str]) -> int:
     return max(indices) + 1 if indices else 0
 
 
+def _in_vision_part(name: str, kind: ModelKind, model: Any) -> bool:
+    """A module or parameter of a vision-language model's vision tower or projector: neither under the
+    language model nor the output layer."""
+    if kind.language_model is None or name.startswith(kind.language_model):
+        return False
+    output = model.get_output_embeddings()
+    names = {id(module): n for n, module in model.named_modules()}
+    return not (output is not None and name.startswith(names.get(id(output), "\0")))
+
+
 def _apply_full(model: PreTrainedModel, adapter: FullAdapter, *, kind: ModelKind, new_token_ids: list[int],
                 **_: Any) -> PreTrainedModel:
     if adapter.trainable_layers is None:
         model.requires_grad_(True)
+        if kind.language_model is not None and not adapter.train_vision:
+            for name, param in model.named_parameters():
+                param.requires_grad_(not _in_vision_part(name, kind, model))
         return model
     n = _num_layers(model, kind.layer_pattern)
     bad = [i for i in adapter.trainable_layers if not -n <= i < n]
@@ -187,6 +200,33 @@ def _parameter_targets(adapter: LoraAdapter, model: Any, layer: re.Pattern[str])
     return experts
 
 
+def _vision_language_targets(adapter: LoraAdapter, model: Any, kind: ModelKind) -> list[str]:
+    """Full names of the linear modules LoRA wraps in a vision-language model: those of the language
+    model that target_modules names (all-linear: every one), plus with train_vision every linear layer
+    of the vision tower and projector. Names are exact, so the vision tower's `fc1`/`qkv` never match
+    by accident."""
+    import torch
+
+    names = target_names(adapter.target_modules)
+    # adapter.layers counts the language model's decoder layers only (not the vision tower's blocks).
+    layers = _layer_indices(adapter.layers, model, kind.layer_pattern)
+    wanted: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or re.fullmatch(ROUTERS, "." + name):
+            continue
+        if name.startswith(kind.language_model or "\0"):
+            short, index = name.rsplit(".", 1)[-1], kind.layer_pattern.search("." + name + ".")
+            in_layers = layers is None or (index is not None and int(index.group(1)) in layers)
+            if in_layers and (names == "all-linear" or short in names or name in names):
+                wanted.append(name)
+        elif adapter.train_vision and _in_vision_part(name, kind, model):
+            wanted.append(name)
+    if not wanted:
+        raise ConfigError(f"adapter.target_modules: {adapter.target_modules} matches no linear layer of the "
+                          f"language model ({kind.language_model}*)")
+    return wanted
+
+
 def _layer_indices(layers: list[int] | None, model: Any, layer: re.Pattern[str]) -> list[int] | None:
     """Negative indices count from the end (PEFT wants them non-negative)."""
     if layers is None:
@@ -216,7 +256,7 @@ def _lora_config(adapter: LoraAdapter, kind: ModelKind, new_token_rows: dict[str
         exclude_modules=ROUTERS if adapter.target_modules == "all-linear" and has_router else None,
         use_dora=adapter.dora,
         use_rslora=adapter.rslora,
-        layers_to_transform=_layer_indices(adapter.layers, model, kind.layer_pattern),
+        layers_to_transform=None if kind.language_model else _layer_indices(adapter.layers, model, kind.layer_pattern),
         modules_to_save=adapter.modules_to_save or None,
         task_type=kind.peft_task_type,
         bias="none",
@@ -253,7 +293,8 @@ def _apply_lora(model: PreTrainedModel, adapter: LoraAdapter, *, kind: ModelKind
     # PEFT warns when exclude_modules matches nothing: name routers only where the model has one.
     has_router = any(re.fullmatch(ROUTERS, "." + name) for name, _ in model.named_modules())
     experts = _parameter_targets(adapter, model, kind.layer_pattern)
-    modules = _targets(adapter, model, kind.layer_pattern)
+    modules = (_vision_language_targets(adapter, model, kind) if kind.language_model
+               else _targets(adapter, model, kind.layer_pattern))
     if modules == [] and not experts:
         raise ConfigError(f"adapter.target_modules: {adapter.target_modules} matches no module of the model; "
                           f"choose another preset or list module names")

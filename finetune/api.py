@@ -86,18 +86,25 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def generate(run_dir: str | Path, prompt: str | list[dict[str, str]], *, system: str | None = None,
-             max_new_tokens: int = 128) -> str:
-    """The trained model's greedy answer to `prompt` (a user message, or a whole conversation)."""
+def generate(run_dir: str | Path, prompt: str | list[dict[str, Any]], *, system: str | None = None,
+             max_new_tokens: int = 128, images: list[str | Path] = ()) -> str:
+    """The trained model's greedy answer to `prompt` (a user message, or a whole conversation).
+    `images`: image files shown before a text prompt (a vision-language run)."""
     from finetune.generate import generate as gen
-    from finetune.generate import load_for_generation
+    from finetune.generate import load_for_generation, load_vision_for_generation
 
     model, tokenizer = load_for_generation(run_dir)
-    messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    vision = load_vision_for_generation(run_dir, model)
+    if images and isinstance(prompt, str):
+        content = [*({"type": "image", "image": str(Path(p).expanduser().resolve())} for p in images),
+                   {"type": "text", "text": prompt}]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+    else:
+        messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if system:
         messages = [{"role": "system", "content": system}, *messages]
     try:
-        return gen(model, tokenizer, messages, max_new_tokens)
+        return gen(model, tokenizer, messages, max_new_tokens, vision)
     finally:
         del model
         release_memory()

@@ -29,26 +29,34 @@ def _try_it(result: Any, spec: Any) -> str:
     if not model_kind(get_objective(spec.objective.kind).model_head).generates:
         return (f"It is a reward model: final/ loads with AutoModelForSequenceClassification; use it as\n"
                 f"  objective.reward_model={result.final_dir} in a ppo or grpo recipe")
-    return (f"Try it:\n  ft generate {result.run_dir} --prompt {json.dumps(_example_prompt(spec))}\n"
-            f"  ft chat {result.run_dir}")
+    prompt, images = _example_prompt(spec)
+    shown = "".join(f" --image {path}" for path in images)
+    return (f"Try it:\n  ft generate {result.run_dir} --prompt {json.dumps(prompt)}{shown}\n"
+            + ("" if images else f"  ft chat {result.run_dir}"))
 
 
-def _example_prompt(spec: Any) -> str:
-    """The first user message of the training data, so the suggested command shows what was learned."""
+def _example_prompt(spec: Any) -> tuple[str, list[str]]:
+    """The first user message of the training data (its text and image files), so the suggested
+    command shows what was learned."""
     from data_templates.formats import FORMATS, RowError
     from data_templates.prepare import map_columns
     from data_templates.sources import DataSourceError, read_rows
 
     first = spec.data.train[0]
     try:
-        _, row = next(read_rows(first))
+        origin, row = next(read_rows(first))
         example = FORMATS[first.format].convert(map_columns(row, first.columns))
     except (StopIteration, RowError, DataSourceError):
-        return "..."
+        return "...", []
     prompt = example.get("prompt")
     users = [m["content"] for m in example.get("messages", prompt if isinstance(prompt, list) else [])
              if m["role"] == "user"]
-    return users[0] if users else prompt if isinstance(prompt, str) else "..."
+    if users and isinstance(users[0], list):  # text and image parts (vision_messages)
+        from data_templates.vision import resolve_image
+
+        return ("".join(p["text"] for p in users[0] if p["type"] == "text") or "...",
+                [resolve_image(p["image"], origin.source) for p in users[0] if p["type"] == "image"])
+    return users[0] if users else prompt if isinstance(prompt, str) else "...", []
 
 
 def chat_loop(answer: Callable[[list[dict[str, str]]], str], system: str | None) -> None:

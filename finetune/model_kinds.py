@@ -32,6 +32,11 @@ class ModelKind:
     # The weights are an encoder and a decoder (T5, BART): the prompt is the encoder's input and the
     # generated ids hold no copy of it. A whole saved model's config says which (`is_encoder_decoder`).
     encoder_decoder: bool = False
+    # Vision-language kinds: the image processor (loaded next to the tokenizer; transformers' composite
+    # AutoProcessor of Qwen2-VL also wants a video processor, which needs torchvision), and the module
+    # prefix of the language model, to which LoRA is restricted unless adapter.train_vision.
+    image_processor: str | None = None
+    language_model: str | None = None
 
     def auto(self) -> Any:
         return _attr(self.auto_class)
@@ -39,12 +44,18 @@ class ModelKind:
     def peft_auto(self) -> Any:
         return _attr(self.peft_auto_class)
 
+    def image_processor_class(self) -> Any:
+        return _attr(self.image_processor) if self.image_processor else None
+
 
 # `encoder.layer.<i>.` for BERT-style encoders.
 _DECODER_LAYERS = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 # T5's `encoder.block.<i>.` / `decoder.block.<i>.` (whose `layer.<j>.` are sub-layers, not blocks) and
 # BART's `encoder.layers.<i>.` / `decoder.layers.<i>.`: index i is block i of the encoder and of the decoder.
 _SEQ2SEQ_BLOCKS = re.compile(r"\.(?:block|layers)\.(\d+)\.")
+# A vision-language model's decoder layers (transformers 5 names its text model `language_model`); the
+# vision tower's `blocks.<i>` are not what trainable_layers / adapter.layers count.
+_LANGUAGE_MODEL_LAYERS = re.compile(r"\.language_model\.(?:layers|h)\.(\d+)\.")
 
 MODEL_KINDS: dict[str, ModelKind] = {
     kind.name: kind
@@ -59,6 +70,14 @@ MODEL_KINDS: dict[str, ModelKind] = {
                   "transformers:AutoTokenizer", generates=False, layer_pattern=_DECODER_LAYERS),
         ModelKind("seq2seq_lm", "transformers:AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", "peft:AutoPeftModelForSeq2SeqLM",
                   "transformers:AutoTokenizer", generates=True, layer_pattern=_SEQ2SEQ_BLOCKS, encoder_decoder=True),
+        # Qwen2-VL / Qwen2.5-VL style: a causal LM reading image patches. PEFT has no task type of its
+        # own for it; a saved adapter records CAUSAL_LM and `kind_of_config` tells it apart by its base.
+        # AutoPeftModelForCausalLM would load the base as a text causal LM: the adapter goes on the base
+        # loaded with auto_class (finetune.models.attach_adapter, PeftModel.from_pretrained).
+        ModelKind("vision_causal_lm", "transformers:AutoModelForImageTextToText", "CAUSAL_LM", "peft:PeftModel",
+                  "transformers:AutoTokenizer", generates=True,
+                  layer_pattern=_LANGUAGE_MODEL_LAYERS, image_processor="transformers:AutoImageProcessor",
+                  language_model="model.language_model."),
     )
 }
 
@@ -78,10 +97,14 @@ def kind_of_task_type(task_type: str | None) -> ModelKind:
 
 
 def kind_of_config(config: dict[str, Any]) -> ModelKind:
-    """The generating kind a whole saved model loads as, from its config.json: an encoder-decoder
-    (T5, BART) as seq2seq_lm, anything else as causal_lm (the first generating row of its shape)."""
+    """The generating kind a whole saved model loads as, from its config.json: a model with a vision
+    tower (`vision_config`) as vision_causal_lm, an encoder-decoder (T5, BART) as seq2seq_lm, anything
+    else as causal_lm. A CAUSAL_LM adapter is told apart by its base's config the same way."""
+    if "vision_config" in config:
+        return MODEL_KINDS["vision_causal_lm"]
     wanted = bool(config.get("is_encoder_decoder"))
-    return next(k for k in MODEL_KINDS.values() if k.generates and k.encoder_decoder == wanted)
+    return next(k for k in MODEL_KINDS.values()
+                if k.generates and k.encoder_decoder == wanted and k.image_processor is None)
 
 
 def head_mismatch(kind: ModelKind, config: dict[str, Any]) -> str | None:

@@ -141,6 +141,30 @@ def load_tokenizer(section: ModelSection) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def load_vision(section: ModelSection, kind: str) -> Any:
+    """The image processor of a vision-language model kind (data_templates.vision.VisionProcessor), read
+    from the model's preprocessor_config.json; None for a text kind."""
+    from data_templates.vision import load_vision as read_vision
+    from finetune.hub import hub_offline
+
+    chosen = model_kind(kind)
+    if chosen.image_processor is None:
+        return None
+    if not Path(section.name_or_path).expanduser().exists():
+        hub_offline()
+    location = model_location(section)
+    # A LoRA run named as the model (merged into base/ before training): its final/ has the image
+    # processor, its base the config.
+    base = json.loads((Path(location) / "adapter_config.json").read_text())["base_model_name_or_path"] \
+        if is_adapter_dir(location) else None
+    try:
+        return read_vision(location, chosen.image_processor_class(), section.trust_remote_code, base)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name_or_path: {section.name_or_path} has no image processor ft can use for "
+                          f"model kind {kind} ({_first_line(err)}); a vision-language model directory holds "
+                          f"preprocessor_config.json next to config.json") from None
+
+
 def quantization_config(adapter: Any, hardware: Hardware, for_fsdp: bool = False) -> Any:
     """bitsandbytes 4-bit config for QLoRA, else None."""
     if not isinstance(adapter, QLoraAdapter):
@@ -253,6 +277,8 @@ def load_trained(path: str | Path, *, kind: str | None = None, dtype: str = "flo
     # An adapter's tokenizer says how many embedding rows its base needs; a whole model needs none.
     tokenizer = _tokenizer(final, base_path, trust_remote_code) if with_tokenizer or adapter else None
     chosen = model_kind(kind) if kind else adapter_kind(final) if adapter else saved_kind(final)
+    if kind is None and adapter and chosen.name == "causal_lm":  # a CAUSAL_LM adapter on a vision-language base
+        chosen = kind_of_config(_config_dict(base_path or final, trust_remote_code))
     kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype),
                               "trust_remote_code": trust_remote_code}
     if not adapter:
@@ -261,6 +287,17 @@ def load_trained(path: str | Path, *, kind: str | None = None, dtype: str = "flo
     # head size the adapter was trained with must be given.
     base = _from_pretrained(chosen, base_path, {**kwargs, **({"num_labels": num_labels} if num_labels else {})})
     return attach_adapter(base, final, vocab_size=len(tokenizer), merge=merge), tokenizer
+
+
+def _config_dict(location: str | Path, trust_remote_code: bool) -> dict[str, Any]:
+    """config.json of a local model directory or a cached Hub model ({} when it cannot be read: the
+    loader that follows says why)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code).to_dict()
+    except (OSError, ValueError):
+        return {}
 
 
 def _from_pretrained(kind: ModelKind, location: str | Path, kwargs: dict[str, Any]) -> Any:
@@ -317,9 +354,20 @@ def merge_adapter(adapter_dir: str, out: Path) -> Path:
     def save(tmp: Path) -> None:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        copy_image_processor(adapter_dir, tmp)
 
     save_dir_atomic(out, save)
     return out
+
+
+def copy_image_processor(model_dir: str | Path, out: Path) -> None:
+    """A vision-language model's preprocessor_config.json goes wherever its weights are written (a merged
+    base, an export); a text model has none."""
+    import shutil
+
+    src = final_dir(model_dir) / "preprocessor_config.json"
+    if src.is_file():
+        shutil.copyfile(src, out / "preprocessor_config.json")
 
 
 def _local_device(hardware: Hardware) -> Any:

@@ -66,10 +66,12 @@ def load_data(recipe: RecipeBase, tokenizer: PreTrainedTokenizerBase, objective:
     from accelerate import PartialState
 
     from data_templates.prepare import prepare_data
+    from finetune.models import load_vision
 
+    vision = load_vision(recipe.model, objective.model_head)  # None but for a vision-language model
     with PartialState().main_process_first():
         return prepare_data(recipe.data, tokenizer, objective.data_form, loss_on=recipe.objective.loss_policy(),
-                            seed=recipe.seed, check_row=recipe.objective.check_row)
+                            seed=recipe.seed, check_row=recipe.objective.check_row, vision=vision)
 
 
 def report_data(recipe: RecipeBase, data: PreparedData) -> None:
@@ -110,8 +112,10 @@ def build_model(recipe: RecipeBase, section: ModelSection, hardware: Hardware, o
         old = model.get_input_embeddings().weight.shape[0]
         model.resize_token_embeddings(len(tokenizer))
         new_ids = list(range(old, len(tokenizer)))
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    # A vision-language model's top config has no pad id; its text config does.
+    text_config = model.config.get_text_config()
+    if getattr(text_config, "pad_token_id", None) is None:
+        text_config.pad_token_id = tokenizer.pad_token_id
     return apply_adapter(model, recipe.adapter, kind=objective.model_head,
                          gradient_checkpointing=recipe.training.gradient_checkpointing, new_token_ids=new_ids)
 
@@ -195,7 +199,7 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         finally:
             guards[1].restore()  # the signal handlers, also when training raised
-    final_dir = run_files.save_final(trainer, tokenizer, run_dir)
+    final_dir = run_files.save_final(trainer, tokenizer, run_dir, _image_processor(section, objective))
     manifest = run_files.write_manifest(run_dir, recipe, hardware, model, data, template, started,
                                         extra={"batching": chosen.to_manifest(),
                                                "throughput": throughput.from_trainer(trainer, model, hardware)})
@@ -204,6 +208,14 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
         manifest = _export(run_dir, recipe, manifest)
     return RunResult(run_dir=run_dir, final_dir=final_dir, metrics=metrics, manifest=manifest)
 
+
+
+def _image_processor(section: ModelSection, objective: Objective) -> Any:
+    """What final/ saves next to the tokenizer for a vision-language model (preprocessor_config.json)."""
+    from finetune.models import load_vision
+
+    vision = load_vision(section, objective.model_head)
+    return vision.image_processor if vision is not None else None
 
 
 def _tracker_callbacks(recipe: RecipeBase, hardware: Hardware, model: Any) -> list[Any]:

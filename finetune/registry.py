@@ -32,6 +32,7 @@ BUILTIN_OBJECTIVE_MODULES: tuple[str, ...] = (
     "finetune.classify",
     "finetune.mlm",
     "finetune.seq2seq",
+    "finetune.vlm",
     "align.dpo",
     "align.reward",
     "align.kto",

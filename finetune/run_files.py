@@ -56,8 +56,9 @@ class MetricsCallback(_metrics_callback_base()):  # type: ignore[misc]
             append_jsonl(self.path, {"step": state.global_step, "epoch": state.epoch, **logs})
 
 
-def save_final(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
-    """final/: the adapter or full weights plus the tokenizer with its chat template."""
+def save_final(trainer: Any, tokenizer: Any, run_dir: Path, image_processor: Any = None) -> Path:
+    """final/: the adapter or full weights plus the tokenizer with its chat template (and a
+    vision-language model's image processor)."""
     final = run_dir / "final"
     staging = run_dir / ".final.staging"
     # Every rank calls save_model (sharded strategies gather there); only the main process writes.
@@ -69,6 +70,8 @@ def save_final(trainer: Any, tokenizer: Any, run_dir: Path) -> Path:
                 os.replace(item, tmp / item.name)
             staging.rmdir()
             tokenizer.save_pretrained(tmp)
+            if image_processor is not None:
+                image_processor.save_pretrained(tmp)
 
         save_dir_atomic(final, fill)
     trainer.accelerator.wait_for_everyone()

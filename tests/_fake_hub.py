@@ -117,6 +117,40 @@ def write_seq2seq(root: Path, name: str, config: dict) -> Path:
     return snapshot
 
 
+# Qwen/Qwen2-VL-2B-Instruct's config.json values, as published (token ids and vocab_size from the tiny
+# tokenizer, which has the real special tokens and chat template: finetune.tiny_vlm).
+_QWEN2_VL_2B = {
+    "architectures": ["Qwen2VLForConditionalGeneration"], "attention_dropout": 0.0, "hidden_act": "silu",
+    "hidden_size": 1536, "initializer_range": 0.02, "intermediate_size": 8960, "max_position_embeddings": 32768,
+    "max_window_layers": 28, "model_type": "qwen2_vl", "num_attention_heads": 12, "num_hidden_layers": 28,
+    "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False,
+    "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
+                      "hidden_size": 1536, "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14,
+                      "temporal_patch_size": 2},
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+}
+
+
+def write_vlm(root: Path, name: str, config: dict) -> Path:
+    """A Qwen2-VL entry: config, the published preprocessor_config.json, a tiny tokenizer with the real
+    special tokens and chat template."""
+    from finetune.tiny_vlm import (
+        QWEN2_VL_PREPROCESSOR,
+        build_vlm_tokenizer,
+        special_ids,
+    )
+
+    snapshot = root / "hub" / f"models--{name.replace('/', '--')}" / "snapshots" / REVISION
+    tokenizer = build_vlm_tokenizer(CORPUS)
+    tokenizer.save_pretrained(snapshot)
+    (snapshot / "config.json").write_text(json.dumps({**config, **special_ids(tokenizer)}, indent=2))
+    (snapshot / "preprocessor_config.json").write_text(json.dumps(QWEN2_VL_PREPROCESSOR, indent=2))
+    (snapshot.parent.parent / "refs").mkdir(parents=True, exist_ok=True)
+    (snapshot.parent.parent / "refs" / "main").write_text(REVISION)
+    return snapshot
+
+
 def write_fake_hub(root: Path) -> Path:
     """HF_HOME with every Hub model of the shipped recipes; returns root."""
     for name, (overrides, eos) in MODELS.items():
@@ -124,4 +158,5 @@ def write_fake_hub(root: Path) -> Path:
     write_model(root, "Qwen/Qwen1.5-MoE-A2.7B-Chat", _QWEN15_MOE, "<|im_end|>")
     write_encoder(root, "google-bert/bert-base-uncased", _BERT_BASE)
     write_seq2seq(root, "google/flan-t5-small", _FLAN_T5_SMALL)
+    write_vlm(root, "Qwen/Qwen2-VL-2B-Instruct", _QWEN2_VL_2B)
     return root

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-import finetune
 from finetune import FtError, Recipe, generate, run
 from finetune.recipe.errors import RecipeError
 from tests._runs import ROOT

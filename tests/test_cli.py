@@ -57,7 +57,8 @@ def test_objectives_lists_every_registered_kind_with_its_formats() -> None:
     result = runner.invoke(app, ["objectives"])
     assert result.exit_code == 0
     kinds = [line.split()[0] for line in result.output.splitlines() if not line.startswith(" ")]
-    assert kinds == ["sft", "pretrain", "classify", "mlm", "seq2seq", "dpo", "reward", "kto", "ppo", "grpo", "orpo", "simpo"]
+    assert kinds == ["sft", "pretrain", "classify", "mlm", "seq2seq", "vlm_sft", "dpo", "reward", "kto", "ppo", "grpo",
+                     "orpo", "simpo"]
     assert "data: preference" in result.output and "data: prompt_only" in result.output
     assert "torch" not in _modules_after("objectives")
 

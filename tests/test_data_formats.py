@@ -40,6 +40,13 @@ GOLDEN: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "prompt_only": ({"prompt": "2+2=", "reference": 4}, {"prompt": "2+2=", "reference": "4"}),
     "classification": ({"text": "Great film.", "label": "positive", "id": 3},
                        {"text": "Great film.", "text_pair": None, "label": "positive"}),
+    "vision_messages": (
+        {"messages": [S, {"role": "user", "content": [{"type": "image", "path": "a.png"}, {"text": "What?"},
+                                                      {"url": "https://x.org/b.jpg"}]}, A]},
+        {"messages": [S, {"role": "user", "content": [{"type": "image", "image": "a.png"},
+                                                      {"type": "text", "text": "What?"},
+                                                      {"type": "image", "image": "https://x.org/b.jpg"}]}, A]},
+    ),
 }
 
 

@@ -243,7 +243,7 @@ def test_cli_prints_the_command(runs: dict[str, Path], tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["export", str(runs["llama_lora"]), "--to", "lmdeploy", "--out", str(out),
                                       "--name", "tiny"])
     assert result.exit_code == 0, result.output
-    assert f"lmdeploy serve api_server" in result.output and f"tiny={out / 'adapter'}" in result.output
+    assert "lmdeploy serve api_server" in result.output and f"tiny={out / 'adapter'}" in result.output
     again = CliRunner().invoke(app, ["export", str(runs["llama_lora"]), "--to", "lmdeploy", "--out", str(out)])
     assert again.exit_code == 2 and "already exists; pass --overwrite" in again.output
 

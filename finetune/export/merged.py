@@ -6,7 +6,6 @@ every end-of-turn token of the chat template as an eos id: without it a server n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +64,11 @@ def save_merged(model: Any, tokenizer: Any, out: Path, max_shard_size: str = "5G
 
 def export_merged(run_dir: Path, out: Path, dtype: str | None = None) -> None:
     """Fill `out` (a fresh temporary folder) with the merged model."""
+    from finetune.models import copy_image_processor
+
     model, tokenizer = load_merged(run_dir, dtype or default_dtype(run_dir))
     save_merged(model, tokenizer, out)
+    copy_image_processor(run_dir, out)  # a vision-language model's image processor
 
 
 def transformers_command(model_dir: Path, written: Path | None = None) -> str:

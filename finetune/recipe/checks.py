@@ -70,6 +70,10 @@ def _mixing_problems(recipe: RecipeBase, at) -> list[Problem]:
     if recipe.model.router_aux_loss_coef is not None and get_objective(recipe.objective.kind).config_class != "trl:SFTConfig":
         problems.append(at(("model", "router_aux_loss_coef"), f"objective {recipe.objective.kind!r} does not add the "
                            "router loss; it is for sft and pretrain (remove the key)"))
+    if getattr(recipe.adapter, "train_vision", False) and get_objective(recipe.objective.kind).model_head != \
+            "vision_causal_lm":
+        problems.append(at(("adapter", "train_vision"), f"objective {recipe.objective.kind!r} trains a text model, "
+                           "which has no vision tower; train_vision is for vlm_sft (remove the key)"))
     if recipe.data.packing and not data_form(form).packs:
         problems.append(at(("data", "packing"), f"objective {recipe.objective.kind!r} does not pack examples; "
                            "packing is for sft, pretrain and mlm"))
@@ -89,6 +93,12 @@ def _template_problems(recipe: RecipeBase, at) -> list[Problem]:
     close = difflib.get_close_matches(choice, list(TEMPLATES), n=1)
     hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(TEMPLATES)}, or a path to a .jinja file"
     return [at(("model", "chat_template"), f"unknown chat template {choice!r} ({hint})")]
+
+
+def _has_images(form: str) -> bool:
+    from data_templates.forms import data_form
+
+    return data_form(form).images
 
 
 def _dataset_problems(spec: DatasetSpec, path: KeyPath, objective: str, at) -> list[Problem]:
@@ -115,6 +125,10 @@ def _dataset_problems(spec: DatasetSpec, path: KeyPath, objective: str, at) -> l
     if spec.format not in accepted:
         problems.append(at(path + ("format",), f"objective {objective!r} cannot train on {spec.format!r} data; "
                            f"use one of: {', '.join(accepted)}"))
+    if spec.format in accepted and fmt.form == form and Path(spec.path).expanduser().exists() and _has_images(form):
+        from data_templates.vision import image_problems
+
+        problems += [at(path + ("path",), problem) for problem in image_problems(spec)]
     for field in spec.columns:
         if field not in fmt.fields + fmt.optional:
             close = difflib.get_close_matches(field, list(fmt.fields + fmt.optional), n=1)

@@ -62,6 +62,9 @@ class FullAdapter(Strict):
         description="Extra parameter-name substrings to train when trainable_layers is set "
         "(e.g. lm_head, embed_tokens, norm).",
     )
+    train_vision: bool = Field(
+        False, description="Vision-language models (vlm_sft): train the vision tower and its projector too. "
+        "Default: they stay frozen and only the language model trains.")
 
 
 class LoraAdapter(Strict):
@@ -84,6 +87,10 @@ class LoraAdapter(Strict):
     modules_to_save: list[str] = Field(
         default_factory=list, description="Modules trained fully and saved with the adapter."
     )
+    train_vision: bool = Field(
+        False, description="Vision-language models (vlm_sft): LoRA on every linear layer of the vision tower and "
+        "its projector too. Default: target_modules apply to the language model only (model.language_model.*) "
+        "and the vision tower stays frozen.")
 
 
 class QLoraAdapter(LoraAdapter):
@@ -110,7 +117,8 @@ class DatasetSpec(Strict):
     format: str = Field(
         "messages",
         description="Row format: text, alpaca, sharegpt, messages, prompt_completion, preference, "
-        "unpaired_preference, prompt_only. Each dataset has its own.",
+        "unpaired_preference, prompt_only, classification, vision_messages (image-text conversations, vlm_sft). "
+        "Each dataset has its own.",
     )
     columns: dict[str, str] = Field(
         default_factory=dict,

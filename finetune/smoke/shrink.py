@@ -16,7 +16,7 @@ from finetune.errors import FtError
 # The small files a smoke run needs: never weights.
 CONFIG_PATTERNS = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                    "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
-                   "chat_template.jinja", "chat_template.json", "*.tiktoken"]
+                   "chat_template.jinja", "chat_template.json", "*.tiktoken", "preprocessor_config.json"]
 
 # Dimension -> small value. Only attributes the config has are set; everything else (vocabulary,
 # special ids, rope, attention type, activation) is the original's.
@@ -31,6 +31,11 @@ SMALL_DIMS: dict[str, int] = {
     "encoder_layers": 2, "decoder_layers": 2, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
     "encoder_attention_heads": 4, "decoder_attention_heads": 4,
 }
+
+
+# A vision tower's dimensions -> small value (Qwen2-VL: depth, embed_dim, num_heads; Qwen2.5-VL: also its
+# width `hidden_size` and `intermediate_size`). What it hands the language model is set to the text width.
+SMALL_VISION: dict[str, int] = {"depth": 2, "embed_dim": 32, "num_heads": 2, "intermediate_size": 64}
 
 
 class SmokeSourceError(FtError):
@@ -110,7 +115,34 @@ def small_config(src: Path) -> Any:
         text.layer_types = list(text.layer_types)[: text.num_hidden_layers]
     if getattr(text, "mlp_only_layers", None):
         text.mlp_only_layers = []
+    _shrink_mrope(text)
+    if getattr(config, "vision_config", None) is not None:
+        _shrink_vision(config.vision_config, text.hidden_size)
     return config
+
+
+def _shrink_mrope(text: Any) -> None:
+    """Multimodal rotary sections (Qwen2-VL: t, h, w) split half a head; scaled to the small head."""
+    rope = getattr(text, "rope_parameters", None) or {}
+    sections = rope.get("mrope_section") if isinstance(rope, dict) else None
+    if not sections:
+        return
+    half = (getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads) // 2
+    scaled = [max(1, round(s * half / sum(sections))) for s in sections]
+    scaled[0] += half - sum(scaled)
+    rope["mrope_section"] = scaled
+
+
+def _shrink_vision(vision: Any, text_width: int) -> None:
+    for name, value in SMALL_VISION.items():
+        if getattr(vision, name, None) is not None:
+            setattr(vision, name, value)
+    if getattr(vision, "out_hidden_size", None) is not None:  # Qwen2.5-VL: own width, projected to the text's
+        vision.hidden_size, vision.out_hidden_size = 32, text_width
+        if getattr(vision, "fullatt_block_indexes", None):
+            vision.fullatt_block_indexes = [vision.depth - 1]
+    elif getattr(vision, "embed_dim", None) is not None:  # Qwen2-VL: hidden_size is the merger's output
+        vision.hidden_size = text_width
 
 
 def shrink(name_or_path: str, out: Path, *, revision: str | None = None, head: str | None = None,
@@ -131,12 +163,15 @@ def shrink(name_or_path: str, out: Path, *, revision: str | None = None, head: s
         torch.manual_seed(seed)
         model = model_kind(head).auto().from_config(config, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(src)
-    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    text_config = model.config.get_text_config()  # a vision-language model's pad id lives there
+    if getattr(text_config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        text_config.pad_token_id = tokenizer.pad_token_id
     if out.exists():
         shutil.rmtree(out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    if (src / "preprocessor_config.json").is_file():  # a vision-language model's image processor, as published
+        shutil.copyfile(src / "preprocessor_config.json", out / "preprocessor_config.json")
     return ShrunkModel(source=name_or_path, path=out, architecture=type(model).__name__,
                        parameters=sum(p.numel() for p in model.parameters()),
                        vocab_size=model.get_input_embeddings().weight.shape[0])
