@@ -344,12 +344,13 @@ def list_recipes() -> None:
 
 @app.command("objectives")
 def list_objectives() -> None:
-    """List the objectives (objective.kind), the data format each reads, and what it trains."""
+    """List the objectives (objective.kind), the data formats each reads and the model kind it trains."""
     from data_templates.formats import formats_for
     from finetune.registry import objectives
 
     for kind, spec in objectives().items():
-        typer.echo(f"{kind:<10} {spec.description}\n{'':<10} data: {', '.join(formats_for(spec.data_form))}")
+        typer.echo(f"{kind:<10} {spec.description}\n{'':<10} data: {', '.join(formats_for(spec.data_form))}; "
+                   f"model: {spec.model_head}")
 
 
 @app.command()

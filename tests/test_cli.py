@@ -59,7 +59,9 @@ def test_objectives_lists_every_registered_kind_with_its_formats() -> None:
     kinds = [line.split()[0] for line in result.output.splitlines() if not line.startswith(" ")]
     assert kinds == ["sft", "pretrain", "classify", "mlm", "seq2seq", "vlm_sft", "dpo", "reward", "kto", "ppo", "grpo",
                      "orpo", "simpo"]
-    assert "data: preference" in result.output and "data: prompt_only" in result.output
+    assert "data: preference; model: causal_lm" in result.output and "data: prompt_only" in result.output
+    assert "model: seq2seq_lm" in result.output and "model: vision_causal_lm" in result.output
+    assert "data: classification; model: sequence_classification" in result.output
     assert "torch" not in _modules_after("objectives")
 
 
