@@ -162,21 +162,19 @@ def test_cli_exit_codes_for_an_invalid_recipe(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "learning_rat: unknown key" in result.output
 
 
-def test_rollouts_and_accumulation_shrink_keeping_whole_grpo_groups(tmp_path: Path) -> None:
+def test_ppo_rollouts_and_accumulation_shrink_grpo_groups_stay(tmp_path: Path) -> None:
     from finetune.smoke.runner import _Shrinker
 
     report = SmokeReport(recipe="r.yaml")
     shrinker = _Shrinker(tmp_path, 2, 8, report, None)
-    ppo, grpo, odd = {"response_length": 53, "num_ppo_epochs": 4}, {"num_generations": 8, "max_completion_length": 64}, \
-        {"num_generations": 9}
-    for objective in (ppo, grpo, odd):
+    ppo, grpo = {"response_length": 53, "num_ppo_epochs": 4}, {"num_generations": 8, "max_completion_length": 64}
+    for objective in (ppo, grpo):
         shrinker._rollouts(objective, "s")
     assert ppo == {"response_length": 8, "num_ppo_epochs": 1}
-    assert grpo == {"num_generations": 2, "max_completion_length": 8}
-    assert odd == {"num_generations": 3}, "the smallest group that still divides every batch 9 divided"
-    assert any("objective.num_generations 8 -> 2" in r for r in report.reductions)
-    training = {"gradient_accumulation_steps": 2, "batch_size": 3, "nproc": 1, "report_to": [], "device": "auto",
+    assert grpo == {"num_generations": 8, "max_completion_length": 64}, "GRPO needs its groups to train at all"
+    assert any("objective.response_length 53 -> 8" in r for r in report.reductions)
+    training = {"gradient_accumulation_steps": 2, "batch_size": 4, "nproc": 1, "report_to": [], "device": "auto",
                 "precision": "fp32"}
-    assert _Shrinker._reductions(training, False, 2) == [], "3 rows hold no whole group of 2: accumulation stays"
-    assert _Shrinker._reductions({**training, "batch_size": 4}, False, 2)[0][:2] == ("gradient_accumulation_steps", 1)
+    assert _Shrinker._reductions(training, False, 8) == [], "4 rows hold no whole group of 8: accumulation stays"
+    assert _Shrinker._reductions({**training, "batch_size": 8}, False, 8)[0][:2] == ("gradient_accumulation_steps", 1)
     assert _Shrinker._reductions(training, False, None)[0][:2] == ("gradient_accumulation_steps", 1)

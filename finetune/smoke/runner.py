@@ -24,9 +24,11 @@ LEARN_ROWS = 4
 NO_FIXED_BATCH = {"ppo": "its loss comes from sampled rollouts, not a fixed batch",
                   "grpo": "its loss comes from sampled rollouts, not a fixed batch",
                   "mlm": "its masked tokens are drawn anew for every batch"}
-# Rollout sizes an RL objective is capped at: sampling and re-optimising long responses exercises no
-# wiring that a few tokens and one pass do not, and it is most of an RL stage's time on a CPU.
-ROLLOUT_CAPS = {"response_length": 8, "max_completion_length": 8, "num_ppo_epochs": 1}
+# PPO's rollout is capped: sampling and re-optimising long responses exercises no wiring that a few
+# tokens and one pass do not, and it is most of a PPO stage's time on a CPU. GRPO's group size and
+# completion length stay: its advantage is the spread of rewards within a group, and short, few
+# completions of a random model all score alike (zero advantage, nothing trains).
+ROLLOUT_CAPS = {"response_length": 8, "num_ppo_epochs": 1}
 
 
 class _Shrinker:
@@ -104,15 +106,6 @@ class _Shrinker:
                 self.report.reductions.append(f"{stage}: objective.{key} {objective[key]} -> {cap} (a short "
                                               f"rollout checks the same wiring)")
                 objective[key] = cap
-        group = objective.get("num_generations")
-        if isinstance(group, int) and group > 2:
-            # GRPO keeps groups (its advantage is relative within one) at the smallest size that still
-            # divides every batch the recipe's own group size divides.
-            smallest = next(f for f in range(2, group + 1) if group % f == 0)
-            if smallest < group:
-                self.report.reductions.append(f"{stage}: objective.num_generations {group} -> {smallest} (a "
-                                              f"smaller group checks the same wiring)")
-                objective["num_generations"] = smallest
 
     def _data(self, data: dict[str, Any]) -> None:
         for spec in [*data["train"], *data["validation"]]:
