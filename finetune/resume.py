@@ -173,6 +173,13 @@ def check_unchanged(checkpoint: Path, recipe: RecipeBase, world_size: int | None
                           "(--overwrite, or another output_dir).")
     if allowed:
         notice(f"resuming {checkpoint.name} with changes that do not alter training: {'; '.join(allowed)}")
+    grew = [line for line in allowed if line.startswith(MAY_GROW)]
+    if grew and not recipe.training.lr_scheduler.startswith("constant"):
+        # Trainer rebuilds the scheduler for the new total: the rate at the resumed step is the longer
+        # schedule's, not the one the checkpoint was on (a step up for a decaying schedule).
+        notice(f"{'; '.join(grew)}: the {recipe.training.lr_scheduler} learning-rate schedule is recomputed for the "
+               f"new length, so from {checkpoint.name} on the rate follows the longer schedule, not the one the "
+               f"interrupted run was on (use lr_scheduler: constant to extend a run without that jump)")
 
 
 def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -124,6 +124,8 @@ def test_resume_refuses_a_recipe_that_changes_training_and_accepts_harmless_chan
     allowed = next(n for n in notices if n.startswith("resuming checkpoint-3 with changes"))
     for line in ("training.max_steps: 3 -> 5", "training.logging_steps: 1 -> 2", "training.progress_bar: false -> true"):
         assert line in allowed
+    stretched = next(n for n in notices if "learning-rate schedule is recomputed" in n)
+    assert stretched.startswith("training.max_steps: 3 -> 5") and "checkpoint-3" in stretched
 
 
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_complete_one(tiny_models: dict[str, Path], tmp_path: Path,
