@@ -92,7 +92,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 job, setting = json.loads(sys.argv[1]), sys.argv[2]
 best = setting == "padding_free"
-sampling = "group_by_length" if setting == "group_by_length" else "random"
+sampling = "group_by_length" if setting.startswith("group_by_length") else "random"
+checkpointing = not setting.endswith("no_gc")  # TRL's default is gradient_checkpointing=True
 tok = AutoTokenizer.from_pretrained(job["model"])
 model = AutoModelForCausalLM.from_pretrained(job["model"], attn_implementation="sdpa")
 ds = load_dataset("json", data_files=job["data"], split="train")
@@ -101,7 +102,7 @@ ds = ds.map(lambda r: {"prompt": r["messages"][:1], "completion": r["messages"][
 args = SFTConfig(output_dir=job["dir"] + "/out", max_steps=job["steps"], per_device_train_batch_size=8,
                  learning_rate=2e-4, logging_steps=10, save_strategy="no", report_to="none", use_cpu=True,
                  disable_tqdm=True, max_length=None if best else 1024, padding_free=best, seed=42,
-                 train_sampling_strategy=sampling,
+                 train_sampling_strategy=sampling, gradient_checkpointing=checkpointing,
                  # The job is fp32: SFTConfig's default is bf16=True, which autocasts even on a CPU
                  # (twice as fast on one with AMX). TRL's other defaults (gradient checkpointing) stay.
                  bf16=False)
@@ -139,7 +140,8 @@ def _lf_config(job: dict, setting: str, extra: str = "") -> Path:
         f"learning_rate: 2.0e-4\nmax_steps: {job['steps']}\nreport_to: none\nbf16: false\nseed: 42\n"
         f"flash_attn: sdpa\ndisable_tqdm: true\n"
         + ("packing: true\nneat_packing: true\n" if best else "")
-        + ("train_sampling_strategy: group_by_length\n" if setting == "group_by_length" else "") + extra)
+        + ("train_sampling_strategy: group_by_length\n" if setting.startswith("group_by_length") else "")
+        + ("disable_gradient_checkpointing: true\n" if setting.endswith("no_gc") else "") + extra)
     return config
 
 
@@ -152,10 +154,12 @@ TOOLS = {"ft": _ft_cmd, "trl": _trl_cmd, "llamafactory": _lf_cmd}
 SETTINGS: dict[str, dict[str, str]] = {
     "ft": {"default": "data.batching: length (ft's default)", "padding_free": "data.batching: padding_free"},
     "trl": {"default": "random batches", "padding_free": "padding_free=True",
-            "group_by_length": "train_sampling_strategy: group_by_length"},
+            "group_by_length": "train_sampling_strategy: group_by_length",
+            "group_by_length_no_gc": "group_by_length, gradient_checkpointing=False (TRL's default is True)"},
     "llamafactory": {"default": "random batches",
                      "neat_packing": "packing + neat_packing (no cross-attention), one packed 1,024-token row a step",
-                     "group_by_length": "train_sampling_strategy: group_by_length"},
+                     "group_by_length": "train_sampling_strategy: group_by_length",
+                     "group_by_length_no_gc": "group_by_length, disable_gradient_checkpointing: true"},
 }
 
 
