@@ -61,14 +61,20 @@ def setup_template(tokenizer: PreTrainedTokenizerBase, recipe: RecipeBase, objec
         raise ConfigError(f"model.chat_template: {err}") from None
 
 
-def load_data(recipe: RecipeBase, tokenizer: PreTrainedTokenizerBase, objective: Objective) -> PreparedData:
-    """Tokenize (or canonicalise) the data once, on the main process first, before other ranks need it."""
+_LOAD = object()  # load_data's default: read the image processor itself
+
+
+def load_data(recipe: RecipeBase, tokenizer: PreTrainedTokenizerBase, objective: Objective,
+              vision: Any = _LOAD) -> PreparedData:
+    """Tokenize (or canonicalise) the data once, on the main process first, before other ranks need it.
+    `vision`: the run's image processor when the caller already has it (None for a text model)."""
     from accelerate import PartialState
 
     from data_templates.prepare import prepare_data
     from finetune.models import load_vision
 
-    vision = load_vision(recipe.model, objective.model_head)  # None but for a vision-language model
+    if vision is _LOAD:
+        vision = load_vision(recipe.model, objective.model_head)  # None but for a vision-language model
     with PartialState().main_process_first():
         return prepare_data(recipe.data, tokenizer, objective.data_form, loss_on=recipe.objective.loss_policy(),
                             seed=recipe.seed, check_row=recipe.objective.check_row, vision=vision)
@@ -171,14 +177,16 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     throughput.check_hardware(recipe, hardware)
     set_seed(recipe.seed)
 
-    from finetune.models import check_model_files, load_tokenizer
+    from finetune.models import check_model_files, load_tokenizer, load_vision
     from finetune.preflight import check_model_head
 
     check_model_files(recipe.model)  # fail in a second, not after the data is tokenized
     tokenizer = load_tokenizer(recipe.model)  # (offline for a Hub id that is not local: see finetune.hub)
     check_model_head(recipe)
     template = setup_template(tokenizer, recipe, objective)
-    data = load_data(recipe, tokenizer, objective)
+    # A vision-language model's image processor, read once: data preparation, the collator and final/.
+    vision = load_vision(recipe.model, objective.model_head)
+    data = load_data(recipe, tokenizer, objective, vision)
     if is_main_process():
         report_data(recipe, data)
     section = base_section(recipe, run_dir)
@@ -186,7 +194,7 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     metrics_path = run_dir / "metrics.jsonl"
     guards = run_guards(recipe, run_dir)
     parts = RunParts(recipe=recipe, hardware=hardware, run_dir=run_dir, tokenizer=tokenizer, model=model,
-                     train_dataset=data.train, eval_dataset=data.eval, base=section,
+                     train_dataset=data.train, eval_dataset=data.eval, base=section, vision=vision,
                      callbacks=[run_files.MetricsCallback(metrics_path, resume_from=checkpoint), *guards,
                                 *_tracker_callbacks(recipe, hardware, model), *(callbacks or [])])
     with tracking_env(recipe.training.report_to, run_dir):  # trackers read their directories at setup
@@ -199,7 +207,7 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         finally:
             guards[1].restore()  # the signal handlers, also when training raised
-    final_dir = run_files.save_final(trainer, tokenizer, run_dir, _image_processor(section, objective))
+    final_dir = run_files.save_final(trainer, tokenizer, run_dir, vision.image_processor if vision else None)
     manifest = run_files.write_manifest(run_dir, recipe, hardware, model, data, template, started,
                                         extra={"batching": chosen.to_manifest(),
                                                "throughput": throughput.from_trainer(trainer, model, hardware)})
@@ -207,15 +215,6 @@ def _run(recipe: RecipeBase, *, overwrite: bool, resume: bool, callbacks: list[A
     if recipe.export and is_main_process():
         manifest = _export(run_dir, recipe, manifest)
     return RunResult(run_dir=run_dir, final_dir=final_dir, metrics=metrics, manifest=manifest)
-
-
-
-def _image_processor(section: ModelSection, objective: Objective) -> Any:
-    """What final/ saves next to the tokenizer for a vision-language model (preprocessor_config.json)."""
-    from finetune.models import load_vision
-
-    vision = load_vision(section, objective.model_head)
-    return vision.image_processor if vision is not None else None
 
 
 def _tracker_callbacks(recipe: RecipeBase, hardware: Hardware, model: Any) -> list[Any]:

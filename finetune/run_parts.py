@@ -27,6 +27,8 @@ class RunParts:
     # The model section the weights were loaded from: the recipe's, except that a LoRA run named as
     # the model is replaced by its merged base/ (see finetune.models.merge_adapter).
     base: ModelSection | None = None
+    # A vision-language model's image processor (data_templates.vision.VisionProcessor); None for text.
+    vision: Any = None
 
     def trainer_inputs(self, **overrides: Any) -> dict[str, Any]:
         """What every TRL trainer takes from the run: model, data, tokenizer and callbacks."""

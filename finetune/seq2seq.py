@@ -39,10 +39,10 @@ def build(parts: RunParts) -> Any:
         Seq2SeqTrainingArguments,
     )
 
+    from data_templates.masking import IGNORE_INDEX
+
     args = parts.trainer_config(Seq2SeqTrainingArguments)
     # With `model`, the collator also writes decoder_input_ids from the padded labels, the way the
     # model itself derives them (prepare_decoder_input_ids_from_labels).
-    collator = DataCollatorForSeq2Seq(parts.tokenizer, model=parts.model, label_pad_token_id=-100)
-    return Seq2SeqTrainer(model=parts.model, args=args, train_dataset=parts.train_dataset,
-                          eval_dataset=parts.eval_dataset, processing_class=parts.tokenizer,
-                          callbacks=parts.callbacks, data_collator=collator)
+    collator = DataCollatorForSeq2Seq(parts.tokenizer, model=parts.model, label_pad_token_id=IGNORE_INDEX)
+    return Seq2SeqTrainer(args=args, data_collator=collator, **parts.trainer_inputs())

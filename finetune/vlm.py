@@ -10,24 +10,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
-
 from finetune.errors import TrainingError
-from finetune.recipe.schema import ObjectiveSection, RecipeBase
+from finetune.recipe.schema import RecipeBase
 from finetune.registry import objective
 from finetune.run_parts import RunParts
+from finetune.sft import SFTSection
 
 
-class VLMSFTSection(ObjectiveSection):
-    kind: Literal["vlm_sft"] = "vlm_sft"
-    loss_on: Literal["assistant", "last_assistant", "all_turns", "all"] = Field(
-        "assistant",
-        description="As for sft: assistant, last_assistant, all_turns or all. Image tokens (and the vision "
-        "start/end tokens around them) are never trained, whichever is chosen.",
-    )
+class VLMSFTSection(SFTSection):
+    """sft's options (loss_on) for image-text conversations. Image tokens, and the vision start/end
+    tokens around them, are never trained, whichever loss_on is chosen."""
 
-    def loss_policy(self) -> str:
-        return self.loss_on
+    kind: Literal["vlm_sft"] = "vlm_sft"  # type: ignore[assignment]
 
     def recipe_problems(self, recipe: RecipeBase) -> list[tuple[tuple[str | int, ...], str]]:
         problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -92,9 +86,6 @@ class VisionCollator:
 def build(parts: RunParts) -> Any:
     from trl import SFTConfig, SFTTrainer
 
-    from finetune.models import load_vision
-
-    vision = load_vision(parts.model_section, "vision_causal_lm")
     args = parts.trainer_config(
         SFTConfig,
         max_length=None,  # truncated in the data layer, never through an image
@@ -103,5 +94,5 @@ def build(parts: RunParts) -> Any:
         # TRL's chunked loss patches a text model's head; the plain token loss works for every VLM.
         loss_type="nll",
     )
-    return SFTTrainer(args=args, data_collator=VisionCollator(vision, parts.tokenizer.pad_token_id),
+    return SFTTrainer(args=args, data_collator=VisionCollator(parts.vision, parts.tokenizer.pad_token_id),
                       **parts.trainer_inputs())
